@@ -1,0 +1,38 @@
+# `make test` and `make demo` are the two commands of the README; both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHAKESPEARE := data/tinyshakespeare/input.txt
+
+.PHONY: test demo lint format venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Prepare Tiny Shakespeare (a local copy at $(SHAKESPEARE) if present, else downloaded),
+# train nanoGPT's CPU recipe, print a sample.
+demo: $(STAMP)
+	$(BIN)/minigpt prepare $(if $(wildcard $(SHAKESPEARE)),--input $(SHAKESPEARE)) --data_dir data/shakespeare_char
+	rm -rf runs/demo
+	$(BIN)/minigpt train --config configs/shakespeare_char.py:cpu --workdir runs/demo
+	$(BIN)/minigpt sample --workdir runs/demo --prompt "O God, O God!" --max_new_tokens 500 --temperature 1.0 --top_k 10 --seed 0
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

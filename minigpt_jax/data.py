@@ -1,0 +1,249 @@
+"""Character data: tokenizer, prepare (text -> train.bin / val.bin / meta.json), batches.
+
+Batches are pure functions of (seed, step), so a resumed run needs no iterator state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import numpy as np
+
+from minigpt_jax.errors import UsageError
+
+SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+
+
+class CharTokenizer:
+    """Maps each distinct character of a corpus to an id, sorted as nanoGPT sorts them."""
+
+    def __init__(self, chars: Sequence[str]):
+        self.itos = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("CharTokenizer: duplicate characters in the vocabulary")
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> np.ndarray:
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            shown = " ".join(repr(c) for c in unknown[:10])
+            raise UsageError(
+                f"{len(unknown)} character(s) not in the model's vocabulary: {shown}; "
+                "use only characters of the training corpus"
+            )
+        return np.array([self.stoi[c] for c in text], dtype=np.uint16)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return "".join(self.itos[int(i)] for i in ids)
+
+    def to_json(self) -> dict:
+        return {"vocab_size": self.vocab_size, "itos": self.itos, "stoi": self.stoi}
+
+    @classmethod
+    def from_json(cls, meta: dict) -> CharTokenizer:
+        return cls(meta["itos"])
+
+
+def atomic_write_bytes(path: pathlib.Path, payload: bytes) -> None:
+    """Writes a file so that readers see the old content or the new, never half."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Reads a UTF-8 corpus, turning every way it can be wrong into a UsageError."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise UsageError(f"input file {p} does not exist; pass an existing UTF-8 text file")
+    if p.is_dir():
+        raise UsageError(f"input {p} is a directory; pass a UTF-8 text file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"input file {p} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t UTF-8"
+        ) from None
+    if not text:
+        raise UsageError(f"input file {p} is empty; pass a text corpus")
+    return text
+
+
+def download_shakespeare(dest: pathlib.Path, url: str = SHAKESPEARE_URL) -> pathlib.Path:
+    """Fetches Tiny Shakespeare once; offline, says how to pass the file instead."""
+    if dest.exists():
+        return dest
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            payload = r.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UsageError(
+            f"could not download Tiny Shakespeare ({reason}); offline, pass a local copy: "
+            "minigpt prepare --input path/to/input.txt"
+        ) from None
+    atomic_write_bytes(dest, payload)
+    return dest
+
+
+def prepare(
+    text: str, data_dir: str | os.PathLike, *, val_fraction: float = 0.1, block_size: int = 256
+) -> dict:
+    """Encodes text into data_dir/{train,val}.bin (uint16) and meta.json; nanoGPT's 90/10 split.
+
+    Both splits must hold at least block_size + 1 tokens, so one window fits. Returns the meta.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    tok = CharTokenizer.from_text(text)
+    if tok.vocab_size > np.iinfo(np.uint16).max + 1:
+        raise UsageError(f"{tok.vocab_size} distinct characters do not fit uint16 ids")
+    n = len(text)
+    n_train = int(n * (1.0 - val_fraction))
+    sizes = {"train": n_train, "val": n - n_train}
+    for split, size in sizes.items():
+        if size < block_size + 1:
+            raise UsageError(
+                f"the {split} split has {size} characters, fewer than block_size + 1 = "
+                f"{block_size + 1}; use a longer text or a smaller --block_size"
+            )
+    out = pathlib.Path(data_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"data_dir {out} is a file; pass a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        ids = tok.encode(text)
+        meta = {**tok.to_json(), "train_tokens": sizes["train"], "val_tokens": sizes["val"]}
+        # Each file is replaced atomically; meta.json goes last, so it never describes old bins.
+        atomic_write_bytes(out / "train.bin", ids[:n_train].tobytes())
+        atomic_write_bytes(out / "val.bin", ids[n_train:].tobytes())
+        atomic_write_bytes(out / META_FILE, json.dumps(meta, ensure_ascii=False).encode())
+    except PermissionError as e:
+        raise UsageError(
+            f"cannot write to {out} ({e.strerror}); pick a writable --data_dir"
+        ) from None
+    return meta
+
+
+def load_meta(data_dir: str | os.PathLike) -> dict:
+    path = pathlib.Path(data_dir) / META_FILE
+    if not path.exists():
+        raise UsageError(
+            f"{path} not found; run `minigpt prepare --data_dir {data_dir}` first "
+            "or point --config.data.dir at a prepared directory"
+        )
+    return json.loads(path.read_text())
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """The split's token ids, memory-mapped (nanoGPT's train.bin / val.bin format)."""
+    path = pathlib.Path(data_dir) / f"{split}.bin"
+    if not path.exists():
+        raise UsageError(f"{path} not found; run `minigpt prepare --data_dir {data_dir}` first")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+class Batches:
+    """Batch `step` of a token stream, as a pure function of (seed, step).
+
+    sampling='random' draws batch_size random windows per step (nanoGPT's get_batch);
+    sampling='epoch' walks a fresh permutation of all windows each epoch, without
+    replacement (minGPT's DataLoader(shuffle=True)). With process_count > 1 each process
+    gets its own contiguous rows of the same global batch.
+    """
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        *,
+        batch_size: int,
+        block_size: int,
+        seed: int | Sequence[int],
+        sampling: str = "random",
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if sampling not in ("random", "epoch"):
+            raise UsageError(f"data.sampling must be 'random' or 'epoch', got {sampling!r}")
+        if batch_size % process_count:
+            raise UsageError(
+                f"batch_size {batch_size} is not divisible by the {process_count} processes"
+            )
+        self.num_windows = len(data) - block_size
+        if self.num_windows < 1:
+            raise UsageError(
+                f"a split of {len(data)} tokens is too short for block_size {block_size}; "
+                "use a smaller block_size or more data"
+            )
+        self.data = data
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.seed = [seed] if isinstance(seed, int) else list(seed)
+        self.sampling = sampling
+        rows = batch_size // process_count
+        self.rows = slice(process_index * rows, (process_index + 1) * rows)
+        self._perm_cache: tuple[int, np.ndarray] | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            rng = np.random.default_rng([*self.seed, epoch])
+            self._perm_cache = (epoch, rng.permutation(self.num_windows))
+        return self._perm_cache[1]
+
+    def starts(self, step: int) -> np.ndarray:
+        """Start offsets of the global batch's windows."""
+        if self.sampling == "random":
+            rng = np.random.default_rng([*self.seed, step])
+            return rng.integers(0, self.num_windows, size=self.batch_size)
+        flat = step * self.batch_size + np.arange(self.batch_size)
+        epochs, pos = np.divmod(flat, self.num_windows)
+        return np.array([self._permutation(int(e))[p] for e, p in zip(epochs, pos)])
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x_BxT, y_BxT) int32 for this process; y is x shifted left by one token."""
+        starts = self.starts(step)[self.rows]
+        idx = starts[:, None] + np.arange(self.block_size + 1)[None, :]
+        w = np.asarray(self.data[idx], dtype=np.int32)
+        return w[:, :-1], w[:, 1:]
+
+
+def eval_windows(data: np.ndarray, block_size: int) -> tuple[np.ndarray, ...]:
+    """Every prediction of a split exactly once: non-overlapping windows (x_NxT, y_NxT, w_NxT).
+
+    The last window is zero-padded; w is 1 for real targets and 0 for padding.
+    """
+    n_targets = len(data) - 1
+    n = -(-n_targets // block_size)
+    x = np.zeros(n * block_size, np.int32)
+    y = np.zeros(n * block_size, np.int32)
+    w = np.zeros(n * block_size, np.float32)
+    x[:n_targets] = data[:-1]
+    y[:n_targets] = data[1:]
+    w[:n_targets] = 1.0
+    return tuple(a.reshape(n, block_size) for a in (x, y, w))

@@ -1,0 +1,8 @@
+"""The one exception type for bad user input."""
+
+
+class UsageError(Exception):
+    """Bad input: the CLI prints the message on one line and exits with code 2.
+
+    The message says what is wrong and what to do about it.
+    """

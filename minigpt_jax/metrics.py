@@ -1,0 +1,121 @@
+"""Where a run's numbers go: a tqdm bar, workdir/metrics.jsonl, TensorBoard, and a loss plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+from typing import Any
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    """Appends one JSON line per record and mirrors scalars to TensorBoard and the terminal.
+
+    Only the process that owns the run's files (process 0) creates one with enabled=True.
+    """
+
+    def __init__(
+        self, workdir: str | pathlib.Path, *, total: int, initial: int = 0, enabled: bool = True
+    ):
+        self.enabled = enabled
+        self.path = pathlib.Path(workdir) / METRICS_FILE
+        self._file = open(self.path, "a") if enabled else None  # noqa: SIM115 - closed in close()
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # deferred: slow import, process 0 only
+
+            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+        # On a terminal the bar shows progress; elsewhere (CI, logs) plain lines do.
+        self.interactive = enabled and sys.stderr.isatty()
+        self.bar = tqdm.tqdm(
+            total=total,
+            initial=initial,
+            disable=not self.interactive,
+            dynamic_ncols=True,
+            unit="it",
+        )
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        """kind is 'train' or 'eval'; values are plain Python numbers."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(f"{kind}/{name}", value, step)
+        if kind == "train":
+            short = {k: round(v, 4) for k, v in values.items() if k in ("loss", "lr")}
+            self.bar.set_postfix(short, refresh=False)
+            if not self.interactive:
+                self.log(
+                    f"iter {step}: loss {values['loss']:.4f}, time {values['ms_per_iter']:.1f}ms, "
+                    f"{values['tokens_per_s']:.0f} tok/s, lr {values['lr']:.2e}, "
+                    f"grad norm {values['grad_norm']:.3f}"
+                )
+        else:
+            self.log(
+                f"step {step}: train loss {values['train_loss']:.4f}, "
+                f"val loss {values['val_loss']:.4f}, full val {values['val_loss_full']:.4f} "
+                f"({values['val_bpc']:.4f} bits/char)"
+            )
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            tqdm.tqdm.write(message, file=sys.stderr if self.interactive else sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self._file is not None:
+            self._file.close()
+            self._tb.close()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(workdir: str | pathlib.Path) -> pathlib.Path | None:
+    """Draws train (per log line) and eval losses into workdir/loss.png."""
+    records = read_metrics(workdir)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    if train:
+        ax.plot(
+            [r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train (batch)"
+        )
+    for key in ("train_loss", "val_loss", "val_loss_full"):
+        if evals:
+            ax.plot(
+                [r["step"] for r in evals], [r[key] for r in evals], marker="o", ms=3, label=key
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = pathlib.Path(workdir) / "loss.png"
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,240 @@
+"""nanoGPT's GPT in flax.linen, plus the bigram baseline.
+
+Shape legend (in variable names, nanodo style):
+  B  batch                 T  sequence length (<= block_size)
+  C  n_embd                V  vocab_size
+  H  n_head                D  head dim = C // H
+  F  MLP hidden = 4 * C    3C fused q, k, v
+
+Parameter names follow nanoGPT's state_dict (wte, wpe, h_{i}/{ln_1, attn/{c_attn, c_proj},
+ln_2, mlp/{c_fc, c_proj}}, ln_f, lm_head), so a checkpoint converts with one rename table.
+Every parameter carries logical axis names; sharding.py maps them onto a mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # nanoGPT: nn.GELU(), exact erf
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ARCHS = ("gpt", "bigram")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Model hyperparameters; defaults are nanoGPT's shakespeare_char model."""
+
+    vocab_size: int = 65
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False  # nanoGPT's flag: biases in Linears and LayerNorms
+    tie_embeddings: bool = True  # lm_head shares wte (nanoGPT); minGPT unties it
+    activation: str = "gelu"  # 'gelu' (exact erf) | 'gelu_tanh' | 'relu'
+    ln_eps: float = 1e-5  # torch's default; flax's own default is 1e-6
+    dtype: str = "float32"  # compute dtype; params stay fp32, logits are always fp32
+    arch: str = "gpt"  # 'gpt' | 'bigram' (an embedding table straight to logits)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"ModelConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"ModelConfig.activation must be one of {sorted(ACTIVATIONS)}, "
+                f"got {self.activation!r}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"ModelConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"
+            )
+        if self.arch not in ARCHS:
+            raise ValueError(f"ModelConfig.arch must be one of {list(ARCHS)}, got {self.arch!r}")
+        if not self.ln_eps > 0:
+            raise ValueError(f"ModelConfig.ln_eps must be positive, got {self.ln_eps}")
+
+    @property
+    def compute_dtype(self) -> Any:
+        return DTYPES[self.dtype]
+
+
+def _normal(std: float, axes: tuple[str, ...]) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class Linear(nn.Module):
+    """torch.nn.Linear with a (in, out) kernel, logical axes and an output dtype."""
+
+    features: int
+    axes: tuple[str, str]
+    std: float
+    use_bias: bool
+    dtype: Any
+    out_dtype: Any = None  # None: the compute dtype
+
+    @nn.compact
+    def __call__(self, x_BxTxI: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", _normal(self.std, self.axes), (x_BxTxI.shape[-1], self.features)
+        )
+        out_dtype = self.out_dtype or self.dtype
+        y_BxTxO = jnp.einsum(
+            "...i,io->...o",
+            x_BxTxI.astype(self.dtype),
+            kernel.astype(self.dtype),
+            preferred_element_type=out_dtype,
+        )
+        if self.use_bias:
+            init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:])
+            y_BxTxO = y_BxTxO + self.param("bias", init, (self.features,)).astype(out_dtype)
+        return y_BxTxO
+
+
+def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.ln_eps,
+        use_bias=cfg.bias,
+        dtype=cfg.compute_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+        name=name,
+    )
+
+
+def _proj_std(cfg: ModelConfig) -> float:
+    # nanoGPT: residual projections get std 0.02 / sqrt(2 * n_layer) (GPT-2 paper).
+    return 0.02 / math.sqrt(2 * cfg.n_layer)
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        B, T, C = x_BxTxC.shape
+        H, D = cfg.n_head, C // cfg.n_head
+        dt = cfg.compute_dtype
+        qkv_BxTx3C = Linear(3 * C, ("embed", "qkv"), 0.02, cfg.bias, dt, name="c_attn")(x_BxTxC)
+        q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (
+            a.reshape(B, T, H, D) for a in jnp.split(qkv_BxTx3C, 3, axis=-1)
+        )
+        # Scores and softmax in fp32 whatever the compute dtype.
+        att_BxHxTxT = jnp.einsum(
+            "bqhd,bkhd->bhqk", q_BxTxHxD, k_BxTxHxD, preferred_element_type=jnp.float32
+        ) / math.sqrt(D)
+        causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
+        att_BxHxTxT = jnp.where(causal_TxT, att_BxHxTxT, -jnp.inf)
+        att_BxHxTxT = jax.nn.softmax(att_BxHxTxT, axis=-1)
+        att_BxHxTxT = nn.Dropout(cfg.dropout)(att_BxHxTxT, deterministic=deterministic)
+        y_BxTxHxD = jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxT.astype(dt), v_BxTxHxD)
+        y_BxTxC = y_BxTxHxD.reshape(B, T, C)
+        y_BxTxC = Linear(C, ("heads", "embed"), _proj_std(cfg), cfg.bias, dt, name="c_proj")(
+            y_BxTxC
+        )
+        return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        C, dt = x_BxTxC.shape[-1], cfg.compute_dtype
+        h_BxTxF = Linear(4 * C, ("embed", "mlp"), 0.02, cfg.bias, dt, name="c_fc")(x_BxTxC)
+        h_BxTxF = ACTIVATIONS[cfg.activation](h_BxTxF)
+        y_BxTxC = Linear(C, ("mlp", "embed"), _proj_std(cfg), cfg.bias, dt, name="c_proj")(h_BxTxF)
+        return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        x_BxTxC = x_BxTxC + CausalSelfAttention(cfg, name="attn")(
+            _layer_norm(cfg, "ln_1")(x_BxTxC), deterministic
+        )
+        return x_BxTxC + MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BxTxC), deterministic)
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: idx_BxT -> logits_BxTxV (fp32)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, idx_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.cfg
+        T = idx_BxT.shape[1]
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
+        wte_VxC = self.param("wte", _normal(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.n_embd))
+        wpe_TxC = self.param("wpe", _normal(0.02, ("pos", "embed")), (cfg.block_size, cfg.n_embd))
+        x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + wpe_TxC[:T]
+        x_BxTxC = nn.Dropout(cfg.dropout)(x_BxTxC.astype(cfg.compute_dtype), deterministic)
+        for i in range(cfg.n_layer):
+            x_BxTxC = Block(cfg, name=f"h_{i}")(x_BxTxC, deterministic)
+        x_BxTxC = _layer_norm(cfg, "ln_f")(x_BxTxC)
+        if cfg.tie_embeddings:
+            return jnp.einsum(
+                "btc,vc->btv",
+                x_BxTxC,
+                wte_VxC.astype(cfg.compute_dtype),
+                preferred_element_type=jnp.float32,
+            )
+        head = Linear(
+            cfg.vocab_size,
+            ("embed", "vocab"),
+            0.02,
+            False,  # nanoGPT's and minGPT's lm_head never has a bias
+            cfg.compute_dtype,
+            out_dtype=jnp.float32,
+            name="lm_head",
+        )
+        return head(x_BxTxC)
+
+
+class Bigram(nn.Module):
+    """The bigram baseline: each token's row of a VxV table is the next token's logits."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, idx_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
+        del deterministic  # no dropout: the table is the whole model
+        V = self.cfg.vocab_size
+        table_VxV = self.param("wte", _normal(0.02, ("vocab", "vocab_out")), (V, V))
+        return jnp.take(table_VxV, idx_BxT, axis=0).astype(jnp.float32)
+
+
+def make_model(cfg: ModelConfig) -> nn.Module:
+    return Bigram(cfg) if cfg.arch == "bigram" else GPT(cfg)
+
+
+def count_params(params: Any) -> tuple[int, int]:
+    """(nanoGPT's count, total): nanoGPT's count leaves out wpe; a tied head counts once."""
+    total = sum(int(p.size) for p in jax.tree.leaves(params))
+    wpe = params.get("wpe")
+    return total - (int(wpe.size) if wpe is not None else 0), total

@@ -1,0 +1,78 @@
+"""Device mesh ('data', 'fsdp', 'tensor'), logical axis rules, and the shardings built from them.
+
+One code path: data parallel, FSDP and tensor parallel are mesh shapes; one device is 1x1x1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from minigpt_jax.errors import UsageError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical names used by model.py -> mesh axes. FSDP shards the embedding dim of every weight
+# (and so the Adam moments); tensor parallelism splits heads and the MLP hidden dim.
+LOGICAL_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("qkv", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", None),
+    ("vocab_out", None),
+    ("pos", None),
+    ("norm", None),
+)
+
+
+def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
+    """Sizes for ('data', 'fsdp', 'tensor'); at most one -1, meaning all remaining devices."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise UsageError(f"mesh sizes {sizes} must be positive, with at most one -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise UsageError(f"mesh {sizes} does not divide the {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise UsageError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"but {num_devices} are available; set --config.mesh.data=-1 to use them all"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg: Any, devices: list | None = None) -> Mesh:
+    devices = devices if devices is not None else jax.devices()
+    shape = mesh_shape(mesh_cfg, len(devices))
+    # Auto axes: jax.make_mesh defaults to Explicit, which linen layers do not support.
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a tree whose leaves may carry logical names (nn.LogicallyPartitioned)."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
+    """Shards a (..., B, T) batch's B over data and fsdp; leading dims (micro-steps) replicated."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading_dims), ("data", "fsdp"), None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def put_batch(arrays: Any, sharding: NamedSharding) -> Any:
+    """Host numpy arrays (this process's rows) -> global device arrays laid out by `sharding`."""
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), arrays)

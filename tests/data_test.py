@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+
+from minigpt_jax import data
+from minigpt_jax.errors import UsageError
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
+
+
+def test_tokenizer_round_trip_and_json():
+    tok = data.CharTokenizer.from_text(TEXT)
+    assert tok.itos == sorted(set(TEXT))
+    ids = tok.encode(TEXT)
+    assert ids.dtype == np.uint16
+    assert tok.decode(ids) == TEXT
+    again = data.CharTokenizer.from_json(json.loads(json.dumps(tok.to_json())))
+    assert again.stoi == tok.stoi and again.decode(ids) == TEXT
+
+
+def test_encode_names_unknown_characters():
+    tok = data.CharTokenizer.from_text("abc")
+    with pytest.raises(UsageError, match="'z'"):
+        tok.encode("abz")
+
+
+def test_prepare_writes_nanogpt_split(tmp_path):
+    meta = data.prepare(TEXT, tmp_path, block_size=8)
+    train, val = data.load_split(tmp_path, "train"), data.load_split(tmp_path, "val")
+    n_train = int(len(TEXT) * 0.9)
+    assert (len(train), len(val)) == (n_train, len(TEXT) - n_train)
+    assert meta == data.load_meta(tmp_path)
+    tok = data.CharTokenizer.from_json(meta)
+    assert tok.decode(train) + tok.decode(val) == TEXT
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [(b"", "empty"), (b"\xff\xfe bad bytes", "not UTF-8"), (b"too short", "fewer than")],
+)
+def test_bad_corpus_is_a_usage_error(tmp_path, payload, message):
+    path = tmp_path / "in.txt"
+    path.write_bytes(payload)
+    with pytest.raises(UsageError, match=message):
+        data.prepare(data.read_text(path), tmp_path / "out", block_size=8)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def _stream(n=200):
+    return (np.arange(n) % 50).astype(np.uint16)
+
+
+def test_batches_shift_and_purity():
+    stream = _stream()
+    b = data.Batches(stream, batch_size=4, block_size=8, seed=3)
+    x, y = b.batch(5)
+    assert x.shape == y.shape == (4, 8) and x.dtype == np.int32
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    for row, start in enumerate(b.starts(5)):
+        np.testing.assert_array_equal(x[row], stream[start : start + 8])
+    # A pure function of (seed, step): a fresh object, any call order, same batch.
+    fresh = data.Batches(stream, batch_size=4, block_size=8, seed=3)
+    fresh.batch(9)
+    np.testing.assert_array_equal(fresh.batch(5)[0], x)
+    assert not np.array_equal(b.batch(6)[0], x)
+    assert not np.array_equal(
+        data.Batches(stream, batch_size=4, block_size=8, seed=4).batch(5)[0], x
+    )
+
+
+def test_epoch_sampling_visits_every_window_once_per_epoch():
+    stream = _stream(40)
+    b = data.Batches(stream, batch_size=4, block_size=8, seed=0, sampling="epoch")
+    n = b.num_windows  # 32 windows: 8 steps per epoch
+    first = np.concatenate([b.starts(s) for s in range(8)])
+    second = np.concatenate([b.starts(s) for s in range(8, 16)])
+    assert sorted(first) == list(range(n)) == sorted(second)
+    assert not np.array_equal(first, second)  # a fresh shuffle each epoch
+
+
+def test_process_slices_make_the_global_batch():
+    stream = _stream()
+    whole = data.Batches(stream, batch_size=6, block_size=8, seed=1).batch(2)[0]
+    parts = [
+        data.Batches(
+            stream, batch_size=6, block_size=8, seed=1, process_index=i, process_count=3
+        ).batch(2)[0]
+        for i in range(3)
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_eval_windows_cover_every_target_once():
+    stream = _stream(30)
+    x, y, w = data.eval_windows(stream, 8)
+    assert w.sum() == len(stream) - 1
+    np.testing.assert_array_equal(y.reshape(-1)[w.reshape(-1) > 0], stream[1:])
+    np.testing.assert_array_equal(x.reshape(-1)[w.reshape(-1) > 0], stream[:-1])

@@ -1,0 +1,147 @@
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import TINY, init_params
+
+from minigpt_jax.model import ModelConfig, count_params, make_model
+
+
+def _shapes(params):
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {"/".join(k.key for k in path): tuple(v.shape) for path, v in flat}
+
+
+def test_param_tree_reads_like_nanogpt(tiny):
+    cfg, _, params = tiny
+    C, V, T = cfg.n_embd, cfg.vocab_size, cfg.block_size
+    expected = {"wte": (V, C), "wpe": (T, C), "ln_f/scale": (C,)}
+    for i in range(cfg.n_layer):
+        expected |= {
+            f"h_{i}/ln_1/scale": (C,),
+            f"h_{i}/attn/c_attn/kernel": (C, 3 * C),
+            f"h_{i}/attn/c_proj/kernel": (C, C),
+            f"h_{i}/ln_2/scale": (C,),
+            f"h_{i}/mlp/c_fc/kernel": (C, 4 * C),
+            f"h_{i}/mlp/c_proj/kernel": (4 * C, C),
+        }
+    assert _shapes(params) == expected
+
+
+def test_bias_and_untied_head_add_their_params():
+    cfg = dataclasses.replace(TINY, bias=True, tie_embeddings=False)
+    shapes = _shapes(init_params(cfg)[1])
+    C, V = cfg.n_embd, cfg.vocab_size
+    assert shapes["lm_head/kernel"] == (C, V) and "lm_head/bias" not in shapes
+    assert shapes["h_0/attn/c_attn/bias"] == (3 * C,)
+    assert shapes["h_1/mlp/c_proj/bias"] == (C,)
+    assert shapes["h_0/ln_1/bias"] == (C,) and shapes["ln_f/bias"] == (C,)
+
+
+def test_nanogpt_preset_param_count():
+    cfg = ModelConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)
+    model = make_model(cfg)
+    abstract = jax.eval_shape(
+        lambda r: nn.unbox(model.init(r, jnp.zeros((1, 8), jnp.int32)))["params"],
+        jax.random.key(0),
+    )
+    nano, total = count_params(abstract)
+    assert round(nano / 1e6, 2) == 10.65  # nanoGPT prints "number of parameters: 10.65M"
+    assert total - nano == 256 * 384  # wpe
+
+
+def test_init_follows_nanogpt():
+    cfg = ModelConfig(vocab_size=64, block_size=64, n_layer=8, n_head=4, n_embd=256)
+    params = init_params(cfg)[1]
+    assert np.std(params["wte"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["h_0"]["attn"]["c_attn"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    proj = 0.02 / math.sqrt(2 * cfg.n_layer)
+    assert np.std(params["h_3"]["mlp"]["c_proj"]["kernel"]) == pytest.approx(proj, rel=0.05)
+    assert np.std(params["h_3"]["attn"]["c_proj"]["kernel"]) == pytest.approx(proj, rel=0.05)
+    np.testing.assert_array_equal(params["ln_f"]["scale"], 1.0)
+
+
+def test_causal_future_tokens_do_not_change_earlier_logits(tiny):
+    cfg, model, params = tiny
+    x = jax.random.randint(jax.random.key(1), (2, cfg.block_size), 0, cfg.vocab_size)
+    y = x.at[:, 5].set((x[:, 5] + 1) % cfg.vocab_size)
+    a, b = model.apply({"params": params}, x), model.apply({"params": params}, y)
+    np.testing.assert_array_equal(a[:, :5], b[:, :5])  # bit-identical before the change
+    assert not np.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_initial_loss_is_near_log_vocab(tiny):
+    cfg, model, params = tiny
+    k1, k2 = jax.random.split(jax.random.key(2))
+    x = jax.random.randint(k1, (16, cfg.block_size), 0, cfg.vocab_size)
+    y = jax.random.randint(k2, (16, cfg.block_size), 0, cfg.vocab_size)
+    logits = model.apply({"params": params}, x)
+    assert logits.dtype == jnp.float32
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    assert abs(float(loss) - math.log(cfg.vocab_size)) < 0.1
+
+
+def test_activation_switch_is_exact_gelu_by_default(tiny):
+    _, _, params = tiny
+    x = jax.random.randint(jax.random.key(3), (1, TINY.block_size), 0, TINY.vocab_size)
+    outs = {}
+    for act in ("gelu", "gelu_tanh", "relu"):
+        cfg = dataclasses.replace(TINY, activation=act)
+        outs[act] = make_model(cfg).apply({"params": params}, x)
+    assert not np.allclose(outs["gelu"], outs["relu"])
+    assert not np.array_equal(outs["gelu"], outs["gelu_tanh"])
+    z = jnp.linspace(-3, 3, 7)
+    from minigpt_jax.model import ACTIVATIONS
+
+    erf_gelu = 0.5 * z * (1 + jax.scipy.special.erf(z / math.sqrt(2)))
+    np.testing.assert_allclose(ACTIVATIONS["gelu"](z), erf_gelu, atol=1e-6)
+
+
+def test_dropout_is_active_only_in_training():
+    cfg = dataclasses.replace(TINY, dropout=0.5)
+    model, params = init_params(cfg)
+    x = jnp.zeros((1, cfg.block_size), jnp.int32)
+    ev = model.apply({"params": params}, x)
+    np.testing.assert_array_equal(ev, model.apply({"params": params}, x))
+    tr = [
+        model.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(i)})
+        for i in range(2)
+    ]
+    assert not np.allclose(tr[0], ev) and not np.allclose(tr[0], tr[1])
+
+
+def test_bigram_is_a_table_of_next_token_logits():
+    cfg = dataclasses.replace(TINY, arch="bigram")
+    model, params = init_params(cfg)
+    assert _shapes(params) == {"wte": (cfg.vocab_size, cfg.vocab_size)}
+    x = jnp.array([[3, 1, 4]])
+    np.testing.assert_array_equal(model.apply({"params": params}, x)[0], params["wte"][x[0]])
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"n_embd": 30, "n_head": 4}, "n_embd"),
+        ({"n_layer": 0}, "n_layer"),
+        ({"block_size": -1}, "block_size"),
+        ({"vocab_size": 2.5}, "vocab_size"),
+        ({"activation": "swish"}, "activation"),
+        ({"dtype": "float8"}, "dtype"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"arch": "rnn"}, "arch"),
+    ],
+)
+def test_invalid_config_names_the_field(change, field):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+        dataclasses.replace(TINY, **change)
+
+
+def test_longer_than_block_size_is_rejected(tiny):
+    cfg, model, params = tiny
+    with pytest.raises(ValueError, match="block_size"):
+        model.apply({"params": params}, jnp.zeros((1, cfg.block_size + 1), jnp.int32))

@@ -18,21 +18,38 @@ commands:
 
 `minigpt COMMAND --helpfull` lists every flag."""
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config: FILE[:variant].")
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
-flags.DEFINE_string("data_dir", "data/shakespeare_char", "prepare: output data directory.")
-flags.DEFINE_string("input", None, "prepare: UTF-8 text file (default: download Tiny Shakespeare).")
-flags.DEFINE_float("val_fraction", 0.1, "prepare: fraction of the text held out for validation.")
-flags.DEFINE_integer("block_size", 256, "prepare: each split must hold block_size + 1 chars.")
-flags.DEFINE_string("prompt", "\n", "sample: the text to continue.")
-flags.DEFINE_string("prompt_file", None, "sample: read the prompt from this file.")
-flags.DEFINE_integer("max_new_tokens", 500, "sample: characters to generate.")
-flags.DEFINE_float("temperature", 1.0, "sample: softmax temperature; 0 is greedy.")
-flags.DEFINE_integer("top_k", None, "sample: keep only the k most likely tokens.")
-flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass; 1 keeps every token.")
-flags.DEFINE_integer("seed", 0, "sample: random seed.")
-flags.DEFINE_integer("num_samples", 1, "sample: independent samples to draw.")
+
+def _define_flags(argv: list[str]) -> flags.FlagValues:
+    """A fresh set of flags per call: main() keeps no state between calls."""
+    f = flags.FlagValues()
+    # config_flags reads --config.x.y overrides from argv itself (sys.argv unless told).
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config: FILE[:variant].", f, sys_argv=argv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Run directory: checkpoints, metrics, config.", flag_values=f
+    )
+    flags.DEFINE_string(
+        "data_dir", "data/shakespeare_char", "prepare: output data directory.", flag_values=f
+    )
+    flags.DEFINE_string(
+        "input", None, "prepare: UTF-8 text (default: download Tiny Shakespeare).", flag_values=f
+    )
+    flags.DEFINE_float("val_fraction", 0.1, "prepare: held-out fraction.", flag_values=f)
+    flags.DEFINE_integer(
+        "block_size", 256, "prepare: each split must hold block_size + 1 chars.", flag_values=f
+    )
+    flags.DEFINE_string("prompt", "\n", "sample: the text to continue.", flag_values=f)
+    flags.DEFINE_string("prompt_file", None, "sample: read the prompt from a file.", flag_values=f)
+    flags.DEFINE_integer("max_new_tokens", 500, "sample: characters to generate.", flag_values=f)
+    flags.DEFINE_float(
+        "temperature", 1.0, "sample: softmax temperature; 0 is greedy.", flag_values=f
+    )
+    flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens.", flag_values=f)
+    flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass; 1 keeps every token.", flag_values=f)
+    flags.DEFINE_integer("seed", 0, "sample: random seed.", flag_values=f)
+    flags.DEFINE_integer("num_samples", 1, "sample: independent samples to draw.", flag_values=f)
+    return f
 
 
 def _enable_compilation_cache() -> None:
@@ -47,7 +64,7 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def _prepare() -> None:
+def _prepare(FLAGS: flags.FlagValues) -> None:
     from minigpt_jax import data
     from minigpt_jax.errors import UsageError
 
@@ -68,11 +85,11 @@ def _prepare() -> None:
     )
 
 
-def _train() -> None:
+def _train(FLAGS: flags.FlagValues) -> None:
     from minigpt_jax import checkpoint, train
     from minigpt_jax.errors import UsageError
 
-    config = _load_config()
+    config = _load_config(FLAGS)
     if not FLAGS.workdir:
         raise UsageError("--workdir is required, e.g. --workdir runs/cpu")
     if (pathlib.Path(FLAGS.workdir) / checkpoint.CKPT_DIR).is_dir():
@@ -85,7 +102,7 @@ def _train() -> None:
     )
 
 
-def _load_config():
+def _load_config(FLAGS: flags.FlagValues):
     from minigpt_jax.errors import UsageError
 
     example = "e.g. --config configs/shakespeare_char.py:cpu"
@@ -101,7 +118,7 @@ def _load_config():
     return config
 
 
-def _sample() -> None:
+def _sample(FLAGS: flags.FlagValues) -> None:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -178,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from minigpt_jax.errors import UsageError
 
-    FLAGS.unparse_flags()
+    args = [f"minigpt {command}", *argv[2:]]
+    FLAGS = _define_flags(args)
     try:
-        FLAGS([f"minigpt {command}", *argv[2:]])
+        FLAGS(args)
     except flags.Error as e:
         print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -190,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt {command}: error: no such config field {_one_line(inner)}", file=sys.stderr)
         return 2
     try:
-        COMMANDS[command]()
+        COMMANDS[command](FLAGS)
     except UsageError as e:
         print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

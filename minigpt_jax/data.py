@@ -95,10 +95,11 @@ def read_text(path: str | os.PathLike) -> str:
     return text
 
 
-def download_shakespeare(dest: pathlib.Path, url: str = SHAKESPEARE_URL) -> pathlib.Path:
+def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.Path:
     """Fetches Tiny Shakespeare once; offline, says how to pass the file instead."""
     if dest.exists():
         return dest
+    url = url or SHAKESPEARE_URL
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             payload = r.read()

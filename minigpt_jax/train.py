@@ -188,6 +188,7 @@ def train_and_evaluate(cfg: Any, workdir: str | pathlib.Path) -> dict[str, float
     """Trains cfg in workdir; returns the final eval metrics."""
     workdir = pathlib.Path(workdir)
     _check_train_config(cfg)
+    model_config(cfg, cfg.model.vocab_size or 1)  # config errors first, before reading data
     meta = data.load_meta(cfg.data.dir)
     splits = {s: data.load_split(cfg.data.dir, s) for s in data.SPLITS}
     model_cfg = model_config(cfg, meta["vocab_size"])

@@ -1,0 +1,167 @@
+"""The command line as a user meets it: the smoke pipeline, and bad input -> one line, exit 2."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from minigpt_jax import cli, data
+
+SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
+
+
+def minigpt(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "minigpt_jax.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(shakespeare, tmp_path_factory):
+    """prepare -> train :smoke, through the real entry point, once for the module."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    prep = minigpt("prepare", "--input", str(shakespeare), "--data_dir", "data", cwd=tmp)
+    assert prep.returncode == 0, prep.stderr
+    run = minigpt("train", "--config", SMOKE, "--workdir", "run", "--config.data.dir=data", cwd=tmp)
+    assert run.returncode == 0, run.stderr
+    return tmp
+
+
+def test_smoke_pipeline_learns_below_unigram_entropy(smoke_run):
+    counts = np.bincount(data.load_split(smoke_run / "data", "train"))
+    p = counts[counts > 0] / counts.sum()
+    unigram_entropy = float(-(p * np.log(p)).sum())  # ~3.3 nats for Tiny Shakespeare
+    records = [
+        json.loads(line) for line in (smoke_run / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    evals = [r for r in records if r["kind"] == "eval"]
+    trains = [r for r in records if r["kind"] == "train"]
+    assert evals[0]["step"] == 0 and abs(evals[0]["val_loss"] - math.log(65)) < 0.1
+    final = evals[-1]
+    assert final["step"] == 150
+    assert final["val_loss"] < unigram_entropy and final["val_loss_full"] < unigram_entropy
+    assert final["val_bpc"] == pytest.approx(final["val_loss_full"] / math.log(2))
+    for key in ("loss", "lr", "grad_norm", "ms_per_iter", "tokens_per_s"):
+        assert key in trains[-1]
+    for name in ("config.json", "meta.json", "loss.png", "checkpoints/150"):
+        assert (smoke_run / "run" / name).exists(), name
+    assert list((smoke_run / "run/tb").glob("events.out.tfevents.*"))
+    config = json.loads((smoke_run / "run/config.json").read_text())
+    assert config["model"]["vocab_size"] == 65 and config["model"]["n_layer"] == 2
+
+
+def test_sample_continues_the_prompt(smoke_run):
+    args = ["--workdir", "run", "--prompt", "O God, O God!", "--max_new_tokens", "100"]
+    out = minigpt("sample", *args, "--top_k", "10", "--seed", "0", cwd=smoke_run)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.split("---------------")[0].strip("\n")
+    assert text.startswith("O God, O God!") and len(text) == len("O God, O God!") + 100
+    again = minigpt("sample", *args, "--top_k", "10", "--seed", "0", cwd=smoke_run)
+    assert again.stdout == out.stdout  # same seed, same text
+    other = minigpt("sample", *args, "--top_k", "10", "--seed", "1", cwd=smoke_run)
+    assert other.stdout != out.stdout
+
+
+def test_bad_input_from_the_real_entry_point(tmp_path):
+    out = minigpt(
+        "train", "--config", SMOKE, "--workdir", "w", "--config.model.n_head=3", cwd=tmp_path
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert "n_embd=32 must be divisible by n_head=3" in out.stderr
+
+
+def _bad_inputs(tmp, smoke_dir):
+    (tmp / "empty.txt").write_text("")
+    (tmp / "latin1.txt").write_bytes("café".encode("latin-1") * 100)
+    (tmp / "short.txt").write_text("to be or not to be")
+    (tmp / "ok.txt").write_text("to be or not to be, that is the question\n" * 20)
+    (tmp / "afile").write_text("x")
+    (tmp / "norun").mkdir()
+    (tmp / "untrained").mkdir()
+    for name in ("config.json", "meta.json"):
+        (tmp / "untrained" / name).write_text((smoke_dir / "run" / name).read_text())
+    data_flag = f"--config.data.dir={smoke_dir / 'data'}"
+    run = str(smoke_dir / "run")
+    return [
+        (["prepare", "--input", "missing.txt"], "does not exist"),
+        (["prepare", "--input", "empty.txt", "--data_dir", "d"], "empty"),
+        (["prepare", "--input", "latin1.txt", "--data_dir", "d"], "not UTF-8"),
+        (["prepare", "--input", "short.txt", "--data_dir", "d"], "block_size + 1"),
+        (["prepare", "--input", "ok.txt", "--data_dir", "afile", "--block_size", "8"], "is a file"),
+        (["train", "--workdir", "w"], "--config is required"),
+        (["train", "--config", "nope.py", "--workdir", "w"], "No such file"),
+        (
+            ["train", "--config", SMOKE.replace("smoke", "huge"), "--workdir", "w"],
+            "unknown variant",
+        ),
+        (
+            ["train", "--config", SMOKE, "--workdir", "w", "--config.train.max_iters=lots"],
+            "invalid",
+        ),
+        (["train", "--config", SMOKE, "--workdir", "w", "--config.model.nlayer=2"], "n_layer"),
+        (["train", "--config", SMOKE, "--workdir", "w", "--config.data.dir=nowhere"], "prepare"),
+        (["train", "--config", SMOKE, "--workdir", "afile", data_flag], "is a file"),
+        (
+            [
+                "train",
+                "--config",
+                SMOKE,
+                "--workdir",
+                "w",
+                data_flag,
+                "--config.model.block_size=200000",
+            ],
+            "too short",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                SMOKE,
+                "--workdir",
+                "w",
+                data_flag,
+                "--config.train.batch_size=0",
+            ],
+            "batch_size",
+        ),
+        (["train", "--config", SMOKE, "--workdir", run, data_flag], "already holds"),
+        (["sample", "--workdir", run, "--prompt", "O Gød"], "'ø'"),
+        (["sample", "--workdir", "missing"], "does not exist"),
+        (["sample", "--workdir", "norun"], "config.json not found"),
+        (["sample", "--workdir", "untrained"], "no checkpoint"),
+        (["sample", "--workdir", run, "--top_p", "0"], "top_p"),
+        (["frobnicate"], "unknown command"),
+    ]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(smoke_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(smoke_run) for p in smoke_run.rglob("*"))
+    for args, message in _bad_inputs(tmp_path, smoke_run):
+        code = cli.main(["minigpt", *args])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert "\n" not in err and "Traceback" not in err, (args, err)
+    assert sorted(p.relative_to(smoke_run) for p in smoke_run.rglob("*")) == before
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_offline_download_says_how_to_pass_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    assert cli.main(["minigpt", "prepare", "--data_dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--input" in err and "\n" not in err.strip()
+    assert not (tmp_path / "d" / "input.txt").exists()

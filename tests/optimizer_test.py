@@ -1,0 +1,123 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import config_dict
+
+from minigpt_jax import optimizer
+from minigpt_jax.errors import UsageError
+
+
+def nanogpt_get_lr(it, lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=5000):
+    """nanoGPT's train.py get_lr, verbatim in logic."""
+    if it < warmup_iters:
+        return lr * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (lr - min_lr)
+
+
+def _opt(**kw):
+    c = config_dict.ConfigDict(
+        dict(
+            schedule="nanogpt",
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_iters=100,
+            lr_decay_iters=5000,
+            warmup_tokens=0,
+            final_tokens=0,
+            b1=0.9,
+            b2=0.99,
+            eps=1e-8,
+            weight_decay=0.1,
+            decay_mask="ndim",
+            grad_clip=1.0,
+        )
+    )
+    c.update(kw)
+    return c
+
+
+@pytest.mark.parametrize("it", [0, 1, 50, 99, 100, 101, 2550, 4999, 5000, 5001, 7000])
+def test_nanogpt_schedule_matches_get_lr(it):
+    schedule = optimizer.make_schedule(_opt(), tokens_per_step=1)
+    assert float(schedule(jnp.int32(it))) == pytest.approx(nanogpt_get_lr(it), rel=1e-5)
+
+
+def test_nanogpt_schedule_landmarks():
+    s = optimizer.make_schedule(_opt(), tokens_per_step=1)
+    assert float(s(0)) == pytest.approx(1e-3 / 101)  # step 0 is not wasted at lr 0
+    assert float(s(100)) == pytest.approx(1e-3)
+    assert float(s(2550)) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert float(s(5000)) == pytest.approx(1e-4) and float(s(10**6)) == pytest.approx(1e-4)
+
+
+def mingpt_lr_ref(it, lr, tokens_per_step, warmup_tokens, final_tokens):
+    """minGPT's trainer: tokens counted including this batch, then warmup / cosine floor 0.1."""
+    tokens = (it + 1) * tokens_per_step
+    if tokens < warmup_tokens:
+        mult = tokens / max(1, warmup_tokens)
+    else:
+        progress = (tokens - warmup_tokens) / max(1, final_tokens - warmup_tokens)
+        mult = max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return lr * mult
+
+
+@pytest.mark.parametrize("it", [0, 5, 9, 10, 40, 99, 150, 400])
+def test_mingpt_schedule_matches_reference(it):
+    opt = _opt(schedule="mingpt", lr=6e-4, warmup_tokens=512 * 10, final_tokens=512 * 100)
+    s = optimizer.make_schedule(opt, tokens_per_step=512)
+    assert float(s(it)) == pytest.approx(mingpt_lr_ref(it, 6e-4, 512, 5120, 51200), rel=1e-5)
+
+
+def test_constant_schedule_and_bad_names():
+    assert float(optimizer.make_schedule(_opt(schedule="constant"), 1)(123)) == pytest.approx(1e-3)
+    with pytest.raises(UsageError, match="opt.schedule"):
+        optimizer.make_schedule(_opt(schedule="linear"), 1)
+    with pytest.raises(UsageError, match="opt.decay_mask"):
+        optimizer.decay_mask("biases")
+
+
+PARAMS = {
+    "wte": jnp.ones((5, 4)),
+    "wpe": jnp.ones((3, 4)),
+    "h_0": {
+        "ln_1": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+        "attn": {"c_attn": {"kernel": jnp.ones((4, 12)), "bias": jnp.zeros(12)}},
+    },
+    "lm_head": {"kernel": jnp.ones((4, 5))},
+}
+
+
+def test_decay_masks():
+    nano = optimizer.decay_mask("ndim")(PARAMS)
+    assert nano["wte"] and nano["wpe"] and nano["h_0"]["attn"]["c_attn"]["kernel"]
+    assert not nano["h_0"]["ln_1"]["scale"] and not nano["h_0"]["attn"]["c_attn"]["bias"]
+    mingpt = optimizer.decay_mask("linear")(PARAMS)
+    assert mingpt["h_0"]["attn"]["c_attn"]["kernel"] and mingpt["lm_head"]["kernel"]
+    assert not mingpt["wte"] and not mingpt["wpe"] and not mingpt["h_0"]["ln_1"]["scale"]
+
+
+def test_adamw_step_matches_torch_semantics():
+    """One update: clip to global norm, then AdamW with decoupled decay on masked params."""
+    opt = _opt(schedule="constant", lr=0.1, grad_clip=1.0, weight_decay=0.5)
+    tx = optimizer.make_optimizer(opt, optimizer.make_schedule(opt, 1))
+    params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 3.0)}
+    grads = {"w": jnp.full((2, 2), 3.0), "b": jnp.full((2,), 4.0)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    norm = math.sqrt(4 * 9 + 2 * 16)
+    out = {}
+    for k in params:
+        g = np.asarray(grads[k]) / norm  # clipped: norm > 1
+        m_hat = (0.1 * g) / (1 - 0.9)
+        v_hat = (0.01 * g * g) / (1 - 0.99)
+        decay = 0.5 * np.asarray(params[k]) if k == "w" else 0.0
+        out[k] = -0.1 * (m_hat / (np.sqrt(v_hat) + 1e-8) + decay)
+    for k in params:
+        np.testing.assert_allclose(updates[k], out[k], rtol=1e-6)
+    jax.block_until_ready(updates)

@@ -93,11 +93,20 @@ def make_train_step(
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """eval_step(params, x_BxT, y_BxT, w_BxT) -> (weighted loss sum, weight sum)."""
+    """eval_step(params, x_NxBxT, y_NxBxT, w_NxBxT) -> (weighted loss sum, weight sum).
 
-    def eval_step(params, x_BxT, y_BxT, w_BxT):
-        losses_BxT = token_losses(model, params, x_BxT, y_BxT, deterministic=True)
-        return (losses_BxT * w_BxT).sum(), w_BxT.sum()
+    One call scans all N batches: one dispatch per evaluation, not one per batch.
+    """
+
+    def eval_step(params, x_NxBxT, y_NxBxT, w_NxBxT):
+        def add_batch(sums, batch):
+            x_BxT, y_BxT, w_BxT = batch
+            losses_BxT = token_losses(model, params, x_BxT, y_BxT, deterministic=True)
+            return (sums[0] + (losses_BxT * w_BxT).sum(), sums[1] + w_BxT.sum()), None
+
+        zero = jnp.zeros((), jnp.float32)
+        sums, _ = jax.lax.scan(add_batch, (zero, zero), (x_NxBxT, y_NxBxT, w_NxBxT))
+        return sums
 
     return eval_step
 
@@ -116,29 +125,27 @@ def evaluate(
 ) -> dict[str, float]:
     """nanoGPT's estimate_loss (eval_iters random batches of each split, drawn from (seed, step))
     and one deterministic pass over the whole val split (loss and bits per character)."""
-    sums = {}
+    stacks = {}
     for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM)):
         batches = data.Batches(
             splits[split], batch_size=batch_size, block_size=block_size, seed=(seed, stream, step)
         )
-        parts = []
-        for i in range(eval_iters):
-            x, y = batches.batch(i)
-            parts.append(eval_step(params, *put((x, y, np.ones(x.shape, np.float32)))))
-        sums[split] = parts
+        x, y = (np.stack(a) for a in zip(*(batches.batch(i) for i in range(eval_iters))))
+        stacks[split] = (x, y, np.ones(x.shape, np.float32))
     x, y, w = data.eval_windows(splits["val"], block_size)
-    pad = -len(x) % batch_size  # fixed batch shape: one compile; padded rows weigh 0
-    x, y, w = (np.concatenate([a, np.zeros((pad, block_size), a.dtype)]) for a in (x, y, w))
-    sums["full"] = [
-        eval_step(
-            params, *put((x[i : i + batch_size], y[i : i + batch_size], w[i : i + batch_size]))
+    pad = -len(x) % batch_size  # whole batches; padded rows weigh 0
+    stacks["full"] = tuple(
+        np.concatenate([a, np.zeros((pad, block_size), a.dtype)]).reshape(
+            -1, batch_size, block_size
         )
-        for i in range(0, len(x), batch_size)
-    ]
-    means = {
-        k: float(sum(p[0] for p in v) / sum(p[1] for p in v))
-        for k, v in jax.device_get(sums).items()
-    }
+        for a in (x, y, w)
+    )
+    means = {}
+    for name, arrays in stacks.items():
+        # One evaluation at a time: independent multi-device programs in flight together can
+        # deadlock XLA:CPU's collectives.
+        loss_sum, weight = jax.device_get(eval_step(params, *put(arrays)))
+        means[name] = float(loss_sum / weight)
     return {
         "train_loss": means["train"],
         "val_loss": means["val"],
@@ -233,7 +240,7 @@ def train_and_evaluate(cfg: Any, workdir: str | pathlib.Path) -> dict[str, float
             out_shardings=(state_shardings, repl),
             donate_argnums=0,
         )
-        eval_sharding = sharding.batch_sharding(mesh)
+        eval_sharding = sharding.batch_sharding(mesh, leading_dims=1)
         eval_step = jax.jit(
             make_eval_step(model),
             in_shardings=(state_shardings.params, eval_sharding, eval_sharding, eval_sharding),

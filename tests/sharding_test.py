@@ -1,0 +1,64 @@
+"""One code path over any mesh: the smoke run on 8 fake CPU devices matches one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from ml_collections import config_dict
+
+from minigpt_jax import sharding
+from minigpt_jax.errors import UsageError
+
+
+def test_mesh_shape_fills_minus_one_and_checks_the_device_count():
+    mesh = lambda d, f, t: config_dict.ConfigDict(dict(data=d, fsdp=f, tensor=t))  # noqa: E731
+    assert sharding.mesh_shape(mesh(-1, 1, 1), 8) == (8, 1, 1)
+    assert sharding.mesh_shape(mesh(2, -1, 2), 8) == (2, 2, 2)
+    with pytest.raises(UsageError, match="needs 4 devices"):
+        sharding.mesh_shape(mesh(2, 2, 1), 8)
+    with pytest.raises(UsageError, match="at most one -1"):
+        sharding.mesh_shape(mesh(-1, -1, 1), 8)
+
+
+def _train(tmp, name, devices, mesh, data_dir):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+    d, f, t = mesh
+    args = [
+        "train",
+        f"--config={ROOT / 'configs/shakespeare_char.py'}:smoke",
+        f"--workdir={tmp / name}",
+        f"--config.data.dir={data_dir}",
+        *(f"--config.mesh.{k}={v}" for k, v in (("data", d), ("fsdp", f), ("tensor", t))),
+        "--config.train.max_iters=6",
+        "--config.train.eval_interval=3",
+        "--config.train.ckpt_interval=3",
+        "--config.train.log_interval=1",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "minigpt_jax.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+    return [r.get("loss", r.get("val_loss_full")) for r in records]
+
+
+def test_sharded_meshes_match_one_device(shakespeare, tmp_path):
+    from minigpt_jax import data
+
+    data.prepare(data.read_text(shakespeare), tmp_path / "data", block_size=32)
+    one = _train(tmp_path, "one", 1, (1, 1, 1), tmp_path / "data")
+    # Data, FSDP and tensor parallel at once, with evals and checkpoints in between.
+    mixed = _train(tmp_path, "mixed", 8, (2, 2, 2), tmp_path / "data")
+    assert len(one) == len(mixed) == 6 + 3
+    assert mixed == pytest.approx(one, rel=2e-5)

@@ -210,17 +210,22 @@ def train_and_evaluate(cfg: Any, workdir: str | pathlib.Path) -> dict[str, float
     )
     for split in data.SPLITS:  # fail before compiling if a split cannot hold a window
         data.Batches(splits[split], batch_size=1, block_size=model_cfg.block_size, seed=0)
-    _prepare_workdir(workdir)
-
-    resolved = cfg.to_dict()
-    resolved["model"] = dict(resolved["model"], vocab_size=model_cfg.vocab_size)
-    checkpoint.write_run_files(workdir, resolved, meta)
-
     tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
     schedule = optimizer.make_schedule(cfg.opt, tokens_per_step)
     tx = optimizer.make_optimizer(cfg.opt, schedule)
     model = make_model(model_cfg)
     mesh = sharding.make_mesh(cfg.mesh)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if t.batch_size % shards:
+        raise UsageError(
+            f"train.batch_size={t.batch_size} must be divisible by mesh data x fsdp = {shards}"
+        )
+
+    # Every check has passed: only now does the run touch its workdir.
+    _prepare_workdir(workdir)
+    resolved = cfg.to_dict()
+    resolved["model"] = dict(resolved["model"], vocab_size=model_cfg.vocab_size)
+    checkpoint.write_run_files(workdir, resolved, meta)
     ckpt = checkpoint.Checkpointer(workdir)
     is_main = jax.process_index() == 0
     writer = metrics.MetricsWriter(workdir, total=t.max_iters, enabled=is_main)

@@ -93,6 +93,7 @@ def _bad_inputs(tmp, smoke_dir):
         (tmp / "untrained" / name).write_text((smoke_dir / "run" / name).read_text())
     data_flag = f"--config.data.dir={smoke_dir / 'data'}"
     run = str(smoke_dir / "run")
+    train = ["train", "--config", SMOKE, "--workdir", "w"]
     return [
         (["prepare", "--input", "missing.txt"], "does not exist"),
         (["prepare", "--input", "empty.txt", "--data_dir", "d"], "empty"),
@@ -101,41 +102,15 @@ def _bad_inputs(tmp, smoke_dir):
         (["prepare", "--input", "ok.txt", "--data_dir", "afile", "--block_size", "8"], "is a file"),
         (["train", "--workdir", "w"], "--config is required"),
         (["train", "--config", "nope.py", "--workdir", "w"], "No such file"),
-        (
-            ["train", "--config", SMOKE.replace("smoke", "huge"), "--workdir", "w"],
-            "unknown variant",
-        ),
-        (
-            ["train", "--config", SMOKE, "--workdir", "w", "--config.train.max_iters=lots"],
-            "invalid",
-        ),
-        (["train", "--config", SMOKE, "--workdir", "w", "--config.model.nlayer=2"], "n_layer"),
-        (["train", "--config", SMOKE, "--workdir", "w", "--config.data.dir=nowhere"], "prepare"),
+        (["train", "--config", SMOKE.replace("smoke", "huge"), "--workdir", "w"], "variant"),
+        ([*train, "--config.train.max_iters=lots"], "invalid"),
+        ([*train, "--config.model.nlayer=2"], "n_layer"),
+        ([*train, "--config.data.dir=nowhere"], "prepare"),
         (["train", "--config", SMOKE, "--workdir", "afile", data_flag], "is a file"),
-        (
-            [
-                "train",
-                "--config",
-                SMOKE,
-                "--workdir",
-                "w",
-                data_flag,
-                "--config.model.block_size=200000",
-            ],
-            "too short",
-        ),
-        (
-            [
-                "train",
-                "--config",
-                SMOKE,
-                "--workdir",
-                "w",
-                data_flag,
-                "--config.train.batch_size=0",
-            ],
-            "batch_size",
-        ),
+        ([*train, data_flag, "--config.model.block_size=200000"], "too short"),
+        ([*train, data_flag, "--config.train.batch_size=0"], "batch_size"),
+        ([*train, data_flag, "--config.opt.schedule=linear"], "opt.schedule"),
+        ([*train, data_flag, "--config.mesh.data=3"], "needs 3 devices"),
         (["train", "--config", SMOKE, "--workdir", run, data_flag], "already holds"),
         (["sample", "--workdir", run, "--prompt", "O Gød"], "'ø'"),
         (["sample", "--workdir", "missing"], "does not exist"),
@@ -156,7 +131,7 @@ def test_bad_inputs_give_one_line_and_exit_2(smoke_run, tmp_path, capsys, monkey
         assert message in err, (args, err)
         assert "\n" not in err and "Traceback" not in err, (args, err)
     assert sorted(p.relative_to(smoke_run) for p in smoke_run.rglob("*")) == before
-    assert not (tmp_path / "w" / "checkpoints").exists()
+    assert not (tmp_path / "w").exists()  # no half-made run left behind
 
 
 def test_offline_download_says_how_to_pass_the_file(tmp_path, capsys, monkeypatch):
@@ -165,3 +140,17 @@ def test_offline_download_says_how_to_pass_the_file(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "--input" in err and "\n" not in err.strip()
     assert not (tmp_path / "d" / "input.txt").exists()
+
+
+def test_bigram_config_trains_and_samples(smoke_run, capsys):
+    workdir = str(smoke_run / "bigram")
+    data_flag = f"--config.data.dir={smoke_run / 'data'}"
+    config = str(ROOT / "configs/bigram.py:smoke")
+    assert cli.main(["minigpt", "train", "--config", config, "--workdir", workdir, data_flag]) == 0
+    evals = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl") if '"eval"' in line]
+    assert evals[-1]["val_loss_full"] < math.log(65) - 0.5
+    capsys.readouterr()
+    assert cli.main(["minigpt", "sample", "--workdir", workdir, "--max_new_tokens", "20"]) == 0
+    assert (
+        len(capsys.readouterr().out.split("---------------")[0]) == 1 + 20 + 1
+    )  # "\n" + 20 + "\n"

@@ -23,6 +23,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
 
     c.data = config_dict.ConfigDict()
     c.data.dir = "data/shakespeare_char"  # written by `minigpt prepare`
+    c.data.input = ""  # a UTF-8 text: if data.dir is not prepared yet, train prepares it first
+    c.data.val_fraction = 0.1  # used when train prepares data.input
     c.data.sampling = "random"  # 'random' windows (nanoGPT) | 'epoch' without replacement (minGPT)
 
     c.model = config_dict.ConfigDict()

@@ -196,6 +196,15 @@ def train_and_evaluate(cfg: Any, workdir: str | pathlib.Path) -> dict[str, float
     workdir = pathlib.Path(workdir)
     _check_train_config(cfg)
     model_config(cfg, cfg.model.vocab_size or 1)  # config errors first, before reading data
+    if cfg.data.input and not (pathlib.Path(cfg.data.dir) / data.META_FILE).exists():
+        # A corpus given in the config is prepared on first use, as `minigpt prepare` would.
+        text = data.read_text(cfg.data.input)
+        data.prepare(
+            text,
+            cfg.data.dir,
+            val_fraction=cfg.data.val_fraction,
+            block_size=cfg.model.block_size,
+        )
     meta = data.load_meta(cfg.data.dir)
     splits = {s: data.load_split(cfg.data.dir, s) for s in data.SPLITS}
     model_cfg = model_config(cfg, meta["vocab_size"])

@@ -154,3 +154,26 @@ def test_bigram_config_trains_and_samples(smoke_run, capsys):
     assert (
         len(capsys.readouterr().out.split("---------------")[0]) == 1 + 20 + 1
     )  # "\n" + 20 + "\n"
+
+
+def test_train_prepares_any_corpus_given_as_data_input(tmp_path, capsys):
+    poem = "Tyger Tyger, burning bright,\nIn the forests of the night;\n"
+    (tmp_path / "poems.txt").write_text(poem * 40)
+    args = [
+        "minigpt",
+        "train",
+        "--config",
+        SMOKE,
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.input={tmp_path / 'poems.txt'}",
+        f"--config.data.dir={tmp_path / 'poems'}",
+        "--config.train.max_iters=4",
+        "--config.train.eval_interval=2",
+    ]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "poems/meta.json").read_text())
+    assert meta["itos"] == sorted(set(poem))
+    assert json.loads((tmp_path / "run/config.json").read_text())["model"]["vocab_size"] == len(
+        set(poem)
+    )

@@ -66,15 +66,11 @@ def _enable_compilation_cache() -> None:
 
 def _prepare(FLAGS: flags.FlagValues) -> None:
     from minigpt_jax import data
-    from minigpt_jax.errors import UsageError
 
     data_dir = pathlib.Path(FLAGS.data_dir)
     if FLAGS.input:
         text = data.read_text(FLAGS.input)
     else:
-        if data_dir.exists() and not data_dir.is_dir():
-            raise UsageError(f"data_dir {data_dir} is a file; pass a directory")
-        data_dir.mkdir(parents=True, exist_ok=True)
         text = data.read_text(data.download_shakespeare(data_dir / "input.txt"))
     meta = data.prepare(
         text, data_dir, val_fraction=FLAGS.val_fraction, block_size=FLAGS.block_size
@@ -92,8 +88,9 @@ def _train(FLAGS: flags.FlagValues) -> None:
     config = _load_config(FLAGS)
     if not FLAGS.workdir:
         raise UsageError("--workdir is required, e.g. --workdir runs/cpu")
-    if (pathlib.Path(FLAGS.workdir) / checkpoint.CKPT_DIR).is_dir():
-        raise UsageError(f"{FLAGS.workdir} already holds a run's checkpoints; pass a new --workdir")
+    workdir = pathlib.Path(FLAGS.workdir)
+    if (workdir / checkpoint.CKPT_DIR).is_dir() or (workdir / checkpoint.CONFIG_FILE).exists():
+        raise UsageError(f"{workdir} already holds a run; pass a new --workdir")
     _enable_compilation_cache()
     results = train.train_and_evaluate(config, FLAGS.workdir)
     print(
@@ -123,8 +120,9 @@ def _sample(FLAGS: flags.FlagValues) -> None:
     import jax
     import jax.numpy as jnp
 
-    from minigpt_jax import checkpoint, data, sample, train
+    from minigpt_jax import checkpoint, data, sample
     from minigpt_jax.errors import UsageError
+    from minigpt_jax.model import ModelConfig, make_model
 
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory of a `minigpt train` run")
@@ -140,13 +138,16 @@ def _sample(FLAGS: flags.FlagValues) -> None:
     if not 0.0 < FLAGS.top_p <= 1.0 or (FLAGS.top_k is not None and FLAGS.top_k < 1):
         raise UsageError("top_p must be in (0, 1] and top_k at least 1")
     ids = tokenizer.encode(prompt)
-    model_cfg = train.model_config(_Section(config))
+    try:
+        model_cfg = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{FLAGS.workdir}/config.json has a bad model section: {e}") from None
     _enable_compilation_cache()
     ckpt = checkpoint.Checkpointer(FLAGS.workdir, create=False)
     step = ckpt.latest_step()
     if step is None:
         raise UsageError(f"{FLAGS.workdir} holds no checkpoint yet; train it first")
-    model = train.make_model(model_cfg)
+    model = make_model(model_cfg)
     x_1xT = jnp.zeros((1, model_cfg.block_size), jnp.int32)
     abstract = jax.eval_shape(lambda r: nn.unbox(model.init(r, x_1xT))["params"], jax.random.key(0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -170,14 +171,6 @@ def _sample(FLAGS: flags.FlagValues) -> None:
         print("---------------")
 
 
-class _Section(dict):
-    """Attribute access over a JSON config, as train.model_config expects of a ConfigDict."""
-
-    def __getattr__(self, name):
-        value = self[name]
-        return _Section(value) if isinstance(value, dict) else value
-
-
 COMMANDS = {"prepare": _prepare, "train": _train, "sample": _sample}
 
 
@@ -198,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     args = [f"minigpt {command}", *argv[2:]]
     FLAGS = _define_flags(args)
     try:
-        FLAGS(args)
+        extra = FLAGS(args)[1:]
+        if extra:
+            raise flags.Error(f"unexpected argument {extra[0]!r}; flags take the form --name value")
     except flags.Error as e:
         print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

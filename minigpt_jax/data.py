@@ -93,6 +93,10 @@ def read_text(path: str | os.PathLike) -> str:
         raise UsageError(
             f"input file {p} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t UTF-8"
         ) from None
+    except OSError as e:
+        raise UsageError(
+            f"cannot read input file {p} ({e.strerror}); check its permissions"
+        ) from None
     if not text:
         raise UsageError(f"input file {p} is empty; pass a text corpus")
     return text
@@ -112,8 +116,19 @@ def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.
             f"could not download Tiny Shakespeare ({reason}); offline, pass a local copy: "
             "minigpt prepare --input path/to/input.txt"
         ) from None
+    make_dir(dest.parent, "--data_dir")
     atomic_write_bytes(dest, payload)
     return dest
+
+
+def make_dir(path: pathlib.Path, flag: str) -> None:
+    """mkdir -p, with every way it can fail said in one line."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file; pass a directory as {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {path} ({e.strerror}); pick another {flag}") from None
 
 
 def prepare(
@@ -125,6 +140,8 @@ def prepare(
     """
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if block_size < 1:
+        raise UsageError(f"block_size must be positive, got {block_size}")
     tok = CharTokenizer.from_text(text)
     if tok.vocab_size > np.iinfo(np.uint16).max + 1:
         raise UsageError(f"{tok.vocab_size} distinct characters do not fit uint16 ids")
@@ -138,20 +155,18 @@ def prepare(
                 f"{block_size + 1}; use a longer text or a smaller --block_size"
             )
     out = pathlib.Path(data_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"data_dir {out} is a file; pass a directory")
+    make_dir(out, "--data_dir")
+    ids = tok.encode(text)
+    meta = {**tok.to_json(), "train_tokens": sizes["train"], "val_tokens": sizes["val"]}
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        ids = tok.encode(text)
-        meta = {**tok.to_json(), "train_tokens": sizes["train"], "val_tokens": sizes["val"]}
-        # Each file is replaced atomically; meta.json goes last, so it never describes old bins.
+        # meta.json marks a prepared dir: it goes first and comes back last, so an interrupted
+        # re-prepare leaves a dir that reads as unprepared, never new bins beside an old meta.
+        (out / META_FILE).unlink(missing_ok=True)
         atomic_write_bytes(out / "train.bin", ids[:n_train].tobytes())
         atomic_write_bytes(out / "val.bin", ids[n_train:].tobytes())
         atomic_write_bytes(out / META_FILE, json.dumps(meta, ensure_ascii=False).encode())
-    except PermissionError as e:
-        raise UsageError(
-            f"cannot write to {out} ({e.strerror}); pick a writable --data_dir"
-        ) from None
+    except OSError as e:
+        raise UsageError(f"cannot write to {out} ({e.strerror}); pick another --data_dir") from None
     return meta
 
 
@@ -162,7 +177,12 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
             f"{path} not found; run `minigpt prepare --data_dir {data_dir}` first "
             "or point --config.data.dir at a prepared directory"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+        CharTokenizer.from_json(meta)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is unreadable or corrupt; run `minigpt prepare` again") from None
+    return meta
 
 
 def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
@@ -170,7 +190,10 @@ def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
     path = pathlib.Path(data_dir) / f"{split}.bin"
     if not path.exists():
         raise UsageError(f"{path} not found; run `minigpt prepare --data_dir {data_dir}` first")
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    try:
+        return np.memmap(path, dtype=np.uint16, mode="r")
+    except (OSError, ValueError):
+        raise UsageError(f"{path} is unreadable or corrupt; run `minigpt prepare` again") from None
 
 
 class Batches:
@@ -233,8 +256,8 @@ class Batches:
         """(x_BxT, y_BxT) int32 for this process; y is x shifted left by one token."""
         starts = self.starts(step)[self.rows]
         idx = starts[:, None] + np.arange(self.block_size + 1)[None, :]
-        w = np.asarray(self.data[idx], dtype=np.int32)
-        return w[:, :-1], w[:, 1:]
+        windows_BxT1 = np.asarray(self.data[idx], dtype=np.int32)
+        return windows_BxT1[:, :-1], windows_BxT1[:, 1:]
 
 
 def eval_windows(data: np.ndarray, block_size: int) -> tuple[np.ndarray, ...]:

@@ -72,6 +72,14 @@ class ModelConfig:
         if not self.ln_eps > 0:
             raise ValueError(f"ModelConfig.ln_eps must be positive, got {self.ln_eps}")
 
+    @classmethod
+    def from_dict(cls, fields: dict) -> ModelConfig:
+        """From a config's model section; unknown keys raise a ValueError naming them."""
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**fields)
+
     @property
     def compute_dtype(self) -> Any:
         return DTYPES[self.dtype]
@@ -113,6 +121,7 @@ def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.ln_eps,
         use_bias=cfg.bias,
+        use_fast_variance=False,  # two-pass variance, as torch computes it
         dtype=cfg.compute_dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
@@ -172,11 +181,14 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+        # The residual stream stays fp32 (as under torch autocast); branches compute in dtype.
         cfg = self.cfg
-        x_BxTxC = x_BxTxC + CausalSelfAttention(cfg, name="attn")(
-            _layer_norm(cfg, "ln_1")(x_BxTxC), deterministic
+        attn = CausalSelfAttention(cfg, name="attn")
+        x_BxTxC = x_BxTxC + attn(_layer_norm(cfg, "ln_1")(x_BxTxC), deterministic).astype(
+            jnp.float32
         )
-        return x_BxTxC + MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BxTxC), deterministic)
+        mlp = MLP(cfg, name="mlp")
+        return x_BxTxC + mlp(_layer_norm(cfg, "ln_2")(x_BxTxC), deterministic).astype(jnp.float32)
 
 
 class GPT(nn.Module):
@@ -193,7 +205,7 @@ class GPT(nn.Module):
         wte_VxC = self.param("wte", _normal(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.n_embd))
         wpe_TxC = self.param("wpe", _normal(0.02, ("pos", "embed")), (cfg.block_size, cfg.n_embd))
         x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + wpe_TxC[:T]
-        x_BxTxC = nn.Dropout(cfg.dropout)(x_BxTxC.astype(cfg.compute_dtype), deterministic)
+        x_BxTxC = nn.Dropout(cfg.dropout)(x_BxTxC, deterministic)
         for i in range(cfg.n_layer):
             x_BxTxC = Block(cfg, name=f"h_{i}")(x_BxTxC, deterministic)
         x_BxTxC = _layer_norm(cfg, "ln_f")(x_BxTxC)

@@ -57,6 +57,11 @@ def make_schedule(opt: Any, tokens_per_step: int) -> optax.Schedule:
     if opt.schedule == "constant":
         return lambda it: jnp.full((), opt.lr, jnp.float32)
     if opt.schedule == "mingpt":
+        if not opt.final_tokens > opt.warmup_tokens >= 0:
+            raise UsageError(
+                f"opt.schedule=mingpt needs 0 <= opt.warmup_tokens < opt.final_tokens, got "
+                f"{opt.warmup_tokens} and {opt.final_tokens}"
+            )
         return lambda it: mingpt_lr(
             it,
             lr=opt.lr,

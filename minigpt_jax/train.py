@@ -39,7 +39,7 @@ def model_config(cfg: Any, vocab_size: int | None = None) -> ModelConfig:
     if vocab_size is not None:
         fields["vocab_size"] = vocab_size
     try:
-        return ModelConfig(**fields)
+        return ModelConfig.from_dict(fields)
     except (TypeError, ValueError) as e:
         raise UsageError(f"bad model config: {e}") from None
 
@@ -84,12 +84,17 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         step_metrics = {
             "loss": losses_A.sum() / tokens,
-            "grad_norm": optax.tree.norm(grads),  # before clipping, as nanoGPT reports it
+            "grad_norm": optax.tree.norm(grads),  # before clipping
             "lr": schedule(state.step),
         }
         return TrainState(state.step + 1, params, opt_state), step_metrics
 
     return train_step
+
+
+def _process_slice() -> dict[str, int]:
+    # Each process loads only its rows of every global batch.
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
 def make_eval_step(model: nn.Module) -> Callable:
@@ -128,7 +133,11 @@ def evaluate(
     stacks = {}
     for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM)):
         batches = data.Batches(
-            splits[split], batch_size=batch_size, block_size=block_size, seed=(seed, stream, step)
+            splits[split],
+            batch_size=batch_size,
+            block_size=block_size,
+            seed=(seed, stream, step),
+            **_process_slice(),
         )
         x, y = (np.stack(a) for a in zip(*(batches.batch(i) for i in range(eval_iters))))
         stacks[split] = (x, y, np.ones(x.shape, np.float32))
@@ -140,6 +149,10 @@ def evaluate(
         )
         for a in (x, y, w)
     )
+    proc = _process_slice()
+    rows = batch_size // proc["process_count"]
+    own = slice(proc["process_index"] * rows, (proc["process_index"] + 1) * rows)
+    stacks["full"] = tuple(a[:, own] for a in stacks["full"])  # this process's rows
     means = {}
     for name, arrays in stacks.items():
         # One evaluation at a time: independent multi-device programs in flight together can
@@ -155,13 +168,11 @@ def evaluate(
 
 
 def _prepare_workdir(workdir: pathlib.Path) -> None:
-    if workdir.exists() and not workdir.is_dir():
-        raise UsageError(f"workdir {workdir} is a file; pass a directory for the run")
+    data.make_dir(workdir, "--workdir")
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
         (workdir / ".write_test").touch()
         (workdir / ".write_test").unlink()
-    except PermissionError:
+    except OSError:
         raise UsageError(f"workdir {workdir} is not writable; pick another --workdir") from None
 
 
@@ -216,6 +227,7 @@ def train_and_evaluate(cfg: Any, workdir: str | pathlib.Path) -> dict[str, float
         block_size=model_cfg.block_size,
         seed=(seed, TRAIN_BATCH_STREAM),
         sampling=cfg.data.sampling,
+        **_process_slice(),
     )
     for split in data.SPLITS:  # fail before compiling if a split cannot hold a window
         data.Batches(splits[split], batch_size=1, block_size=model_cfg.block_size, seed=0)

@@ -87,6 +87,8 @@ def _bad_inputs(tmp, smoke_dir):
     (tmp / "short.txt").write_text("to be or not to be")
     (tmp / "ok.txt").write_text("to be or not to be, that is the question\n" * 20)
     (tmp / "afile").write_text("x")
+    (tmp / "corrupt").mkdir()
+    (tmp / "corrupt" / "meta.json").write_text("{not json")
     (tmp / "norun").mkdir()
     (tmp / "untrained").mkdir()
     for name in ("config.json", "meta.json"):
@@ -100,6 +102,9 @@ def _bad_inputs(tmp, smoke_dir):
         (["prepare", "--input", "latin1.txt", "--data_dir", "d"], "not UTF-8"),
         (["prepare", "--input", "short.txt", "--data_dir", "d"], "block_size + 1"),
         (["prepare", "--input", "ok.txt", "--data_dir", "afile", "--block_size", "8"], "is a file"),
+        (["prepare", "--input", "ok.txt", "--data_dir", "afile/sub", "--block_size", "8"], "afile"),
+        (["prepare", "--input", "ok.txt", "--block_size", "0"], "block_size must be positive"),
+        (["prepare", "ok.txt"], "unexpected argument 'ok.txt'"),
         (["train", "--workdir", "w"], "--config is required"),
         (["train", "--config", "nope.py", "--workdir", "w"], "No such file"),
         (["train", "--config", SMOKE.replace("smoke", "huge"), "--workdir", "w"], "variant"),
@@ -107,6 +112,9 @@ def _bad_inputs(tmp, smoke_dir):
         ([*train, "--config.model.nlayer=2"], "n_layer"),
         ([*train, "--config.data.dir=nowhere"], "prepare"),
         (["train", "--config", SMOKE, "--workdir", "afile", data_flag], "is a file"),
+        (["train", "--config", SMOKE, "--workdir", "afile/run", data_flag], "afile"),
+        ([*train, "--config.data.dir=corrupt"], "corrupt"),
+        ([*train, data_flag, "--config.opt.schedule=mingpt"], "warmup_tokens"),
         ([*train, data_flag, "--config.model.block_size=200000"], "too short"),
         ([*train, data_flag, "--config.train.batch_size=0"], "batch_size"),
         ([*train, data_flag, "--config.opt.schedule=linear"], "opt.schedule"),
@@ -117,6 +125,10 @@ def _bad_inputs(tmp, smoke_dir):
         (["sample", "--workdir", "norun"], "config.json not found"),
         (["sample", "--workdir", "untrained"], "no checkpoint"),
         (["sample", "--workdir", run, "--top_p", "0"], "top_p"),
+        (["sample", "--workdir", run, "--top_k", "0"], "top_k"),
+        (["sample", "--workdir", run, "--temperature", "-1"], "temperature"),
+        (["sample", "--workdir", run, "--max_new_tokens", "-1"], "max_new_tokens"),
+        (["sample", "--workdir", run, "--prompt_file", "missing.txt"], "does not exist"),
         (["frobnicate"], "unknown command"),
     ]
 

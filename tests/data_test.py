@@ -38,7 +38,12 @@ def test_prepare_writes_nanogpt_split(tmp_path):
 
 @pytest.mark.parametrize(
     "payload, message",
-    [(b"", "empty"), (b"\xff\xfe bad bytes", "not UTF-8"), (b"too short", "fewer than")],
+    [
+        (b"", "empty"),
+        (b"\xff\xfe bad bytes", "not UTF-8"),
+        (b"too short", "train split has 8 characters"),
+        (b"0123456789" * 5, "val split has 5 characters"),  # train holds 45 >= 9, val only 5
+    ],
 )
 def test_bad_corpus_is_a_usage_error(tmp_path, payload, message):
     path = tmp_path / "in.txt"

@@ -65,6 +65,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.eval_iters = 200
     c.train.ckpt_interval = 250
     c.train.log_interval = 10
+    c.train.init_from = "resume"  # 'resume' the workdir's newest checkpoint | 'scratch'
+    c.train.skip_nonfinite = False  # False: stop at a non-finite loss; True: skip that update
 
     c.mesh = config_dict.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices

@@ -13,7 +13,8 @@ USAGE = """usage: minigpt COMMAND [--flags]
 
 commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
-  train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...]
+  train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
+  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
   sample   --workdir DIR [--prompt TEXT] [--max_new_tokens N] [--temperature T] [--top_k K]
 
 `minigpt COMMAND --helpfull` lists every flag."""
@@ -29,8 +30,18 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_string(
         "workdir", None, "Run directory: checkpoints, metrics, config.", flag_values=f
     )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "train: with init_from=scratch, discard the run's checkpoints.",
+        flag_values=f,
+    )
+    flags.DEFINE_string("step", "latest", "eval: best, latest or a step number.", flag_values=f)
     flags.DEFINE_string(
-        "data_dir", "data/shakespeare_char", "prepare: output data directory.", flag_values=f
+        "data_dir",
+        "data/shakespeare_char",
+        "prepare: output data directory; eval: data to use instead of the run's.",
+        flag_values=f,
     )
     flags.DEFINE_string(
         "input", None, "prepare: UTF-8 text (default: download Tiny Shakespeare).", flag_values=f
@@ -82,20 +93,39 @@ def _prepare(FLAGS: flags.FlagValues) -> None:
 
 
 def _train(FLAGS: flags.FlagValues) -> None:
-    from minigpt_jax import checkpoint, train
+    from minigpt_jax import train
     from minigpt_jax.errors import UsageError
 
     config = _load_config(FLAGS)
     if not FLAGS.workdir:
         raise UsageError("--workdir is required, e.g. --workdir runs/cpu")
-    workdir = pathlib.Path(FLAGS.workdir)
-    if (workdir / checkpoint.CKPT_DIR).is_dir() or (workdir / checkpoint.CONFIG_FILE).exists():
-        raise UsageError(f"{workdir} already holds a run; pass a new --workdir")
     _enable_compilation_cache()
-    results = train.train_and_evaluate(config, FLAGS.workdir)
+    results = train.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    if results["stopped_by"]:
+        again = " ".join(a for a in sys.argv[1:] if a != "--overwrite") or "train ..."
+        print(
+            f"stopped by {results['stopped_by']} at step {results['step']} with a checkpoint; "
+            f"resume with: minigpt {again}"
+        )
+        return
     print(
         f"done: val loss {results['val_loss']:.4f}, full val {results['val_loss_full']:.4f} "
         f"({results['val_bpc']:.4f} bits/char); run in {FLAGS.workdir}"
+    )
+
+
+def _eval(FLAGS: flags.FlagValues) -> None:
+    from minigpt_jax import evaluate
+    from minigpt_jax.errors import UsageError
+
+    if not FLAGS.workdir:
+        raise UsageError("--workdir is required: the directory of a `minigpt train` run")
+    _enable_compilation_cache()
+    data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
+    step, r = evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.step, data_dir)
+    print(
+        f"step {step}: full val loss {r['val_loss_full']:.4f} ({r['val_bpc']:.4f} bits/char); "
+        f"estimate_loss: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}"
     )
 
 
@@ -171,7 +201,7 @@ def _sample(FLAGS: flags.FlagValues) -> None:
         print("---------------")
 
 
-COMMANDS = {"prepare": _prepare, "train": _train, "sample": _sample}
+COMMANDS = {"prepare": _prepare, "train": _train, "eval": _eval, "sample": _sample}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from minigpt_jax.errors import UsageError
+    from minigpt_jax.errors import RunStopped, UsageError
 
     args = [f"minigpt {command}", *argv[2:]]
     FLAGS = _define_flags(args)
@@ -207,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"minigpt {command}: stopped: {_one_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"minigpt {command}: interrupted", file=sys.stderr)
         return 130

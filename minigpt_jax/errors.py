@@ -6,3 +6,7 @@ class UsageError(Exception):
 
     The message says what is wrong and what to do about it.
     """
+
+
+class RunStopped(Exception):
+    """A run that cannot go on (a non-finite loss, say): one line, exit code 1, nothing lost."""

@@ -10,6 +10,8 @@ from typing import Any
 
 import tqdm
 
+from minigpt_jax.data import atomic_write_bytes
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -20,21 +22,32 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, workdir: str | pathlib.Path, *, total: int, initial: int = 0, enabled: bool = True
+        self,
+        workdir: str | pathlib.Path,
+        *,
+        total: int,
+        resume_step: int | None = None,
+        enabled: bool = True,
     ):
+        """A fresh run starts empty records. A resumed run keeps those of steps <= resume_step
+        and drops later ones (it redoes them), so its records equal an uninterrupted run's."""
+        initial = -1 if resume_step is None else resume_step
         self.enabled = enabled
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        self._file = open(self.path, "a") if enabled else None  # noqa: SIM115 - closed in close()
-        self._tb = None
+        self._file = self._tb = None
         if enabled:
+            kept = [r for r in read_metrics(workdir) if r["step"] <= initial]
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
             from tensorboardX import SummaryWriter  # deferred: slow import, process 0 only
 
-            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+            # purge_step hides events the interrupted run logged past the resume point.
+            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"), purge_step=initial + 1)
         # On a terminal the bar shows progress; elsewhere (CI, logs) plain lines do.
         self.interactive = enabled and sys.stderr.isatty()
         self.bar = tqdm.tqdm(
             total=total,
-            initial=initial,
+            initial=max(initial, 0),
             disable=not self.interactive,
             dynamic_ncols=True,
             unit="it",
@@ -84,7 +97,13 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     path = pathlib.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed process
+    return records
 
 
 def plot_losses(workdir: str | pathlib.Path) -> pathlib.Path | None:

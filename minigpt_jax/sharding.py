@@ -76,3 +76,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def put_batch(arrays: Any, sharding: NamedSharding) -> Any:
     """Host numpy arrays (this process's rows) -> global device arrays laid out by `sharding`."""
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), arrays)
+
+
+def sharded_abstract(abstract_tree: Any, mesh: Mesh) -> Any:
+    """ShapeDtypeStructs carrying their NamedShardings: a restore target for orbax."""
+    shardings = logical_shardings(abstract_tree, mesh)
+    is_boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    # unbox without the sharding constraint: these are shapes, not traced values.
+    values = jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if is_boxed(x) else x,
+        abstract_tree,
+        is_leaf=is_boxed,
+    )
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), values, shardings
+    )

@@ -9,7 +9,7 @@ from conftest import TINY
 from ml_collections import config_dict
 from optimizer_test import _opt
 
-from minigpt_jax import optimizer, sharding, train
+from minigpt_jax import evaluate, optimizer, sharding, train
 from minigpt_jax.model import make_model
 
 MESH = config_dict.ConfigDict(dict(data=1, fsdp=1, tensor=1))
@@ -22,7 +22,7 @@ def _setup(model_cfg=TINY, **opt_kw):
     model = make_model(model_cfg)
     mesh = sharding.make_mesh(MESH)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        state, _ = train.create_train_state(model, tx, model_cfg, mesh, seed=0)
+        state, _, _ = train.create_train_state(model, tx, model_cfg, mesh, seed=0)
     step = jax.jit(train.make_train_step(model, tx, schedule))
     return model, state, step
 
@@ -84,17 +84,17 @@ def test_full_val_pass_weighs_every_token_once(setup):
     rng = np.random.default_rng(0)
     val = rng.integers(0, TINY.vocab_size, 61).astype(np.uint16)  # 60 targets: 7.5 windows
     splits = {"train": val, "val": val}
-    eval_step = jax.jit(train.make_eval_step(model))
+    eval_step = jax.jit(evaluate.make_eval_step(model))
     kw = dict(seed=0, step=0, block_size=TINY.block_size, eval_iters=2, put=lambda a: a)
-    r3 = train.evaluate(eval_step, state.params, splits, batch_size=3, **kw)
-    r5 = train.evaluate(eval_step, state.params, splits, batch_size=5, **kw)
+    r3 = evaluate.evaluate(eval_step, state.params, splits, batch_size=3, **kw)
+    r5 = evaluate.evaluate(eval_step, state.params, splits, batch_size=5, **kw)
     # Reference: every target predicted from its own window's prefix, averaged.
     losses = []
     for s in range(0, 60, TINY.block_size):
         n = min(TINY.block_size, 60 - s)
         x = jnp.asarray(val[s : s + n], jnp.int32)[None]
         y = jnp.asarray(val[s + 1 : s + 1 + n], jnp.int32)
-        losses.append(train.token_losses(model, state.params, x, y[None])[0])
+        losses.append(evaluate.token_losses(model, state.params, x, y[None])[0])
     ref = float(jnp.concatenate(losses).mean())
     assert r3["val_loss_full"] == pytest.approx(ref, rel=1e-5)
     assert r5["val_loss_full"] == pytest.approx(ref, rel=1e-5)

@@ -55,10 +55,10 @@ def _run(workdir, data_dir, *extra):
     )
 
 
-def _interrupt(workdir, data_dir, sig, at_step):
+def _interrupt(workdir, data_dir, sig, at_step, *extra):
     """Starts a run and sends `sig` once its metrics show step >= at_step."""
     proc = subprocess.Popen(
-        _cmd(workdir, data_dir),
+        _cmd(workdir, data_dir, *extra),
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -120,12 +120,16 @@ def jax_leaves(tree):
     return jax.tree.leaves(tree)
 
 
-def test_sigkill_at_a_random_step_then_resume_equals_one_run(reference, data_dir, tmp_path):
+@pytest.mark.parametrize("ckpt_interval", [10, 1])  # 1: a save in flight at almost every step
+def test_sigkill_at_a_random_step_then_resume_equals_one_run(
+    reference, data_dir, tmp_path, ckpt_interval
+):
     at = random.Random().randrange(15, 140)
     workdir = tmp_path / "run"
-    code, _, err = _interrupt(workdir, data_dir, signal.SIGKILL, at)
+    every = f"--config.train.ckpt_interval={ckpt_interval}"
+    code, _, err = _interrupt(workdir, data_dir, signal.SIGKILL, at, every)
     assert code == -signal.SIGKILL, f"killed at step >= {at}: {err[-2000:]}"
-    out = _run(workdir, data_dir)
+    out = _run(workdir, data_dir, every)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from" in out.stdout or not (workdir / "checkpoints").exists()
     _assert_same_run(reference, workdir)

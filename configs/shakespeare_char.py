@@ -73,6 +73,11 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
 
+    c.dist = config_dict.ConfigDict()  # multi-host: every process runs the same command
+    c.dist.coordinator = ""  # 'host:port' of process 0; empty: one host, or a detected cluster
+    c.dist.num_processes = 1
+    c.dist.process_id = 0  # set per process: --config.dist.process_id=N
+
     if arg == "cpu":
         c.model.update(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
         c.opt.lr_decay_iters = 2000

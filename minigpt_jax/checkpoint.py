@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from minigpt_jax.data import META_FILE, atomic_write_bytes
@@ -142,7 +144,10 @@ class Checkpointer:
                 dst = src.with_name(f"{step}{UNREADABLE}-{int(time.time())}")
                 reason = " ".join(str(e).split())[:200]
                 log(f"checkpoint {src} is unreadable ({reason}); moved to {dst.name}, trying older")
-                os.replace(src, dst)
+                if jax.process_index() == 0:
+                    os.replace(src, dst)
+                if jax.process_count() > 1:
+                    multihost_utils.sync_global_devices(f"moved {src}")
                 self.manager.reload()
         return None
 

@@ -5,6 +5,7 @@ One code path: data parallel, FSDP and tensor parallel are mesh shapes; one devi
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -91,3 +92,35 @@ def sharded_abstract(abstract_tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), values, shardings
     )
+
+
+# Environment variables that mean "this process is one of a cluster" (Cloud TPU, SLURM, or a
+# coordinator given by hand); jax.distributed.initialize() then finds its peers by itself.
+_CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "OMPI_COMM_WORLD_SIZE",
+)
+
+
+def initialize_distributed(dist_cfg: Any) -> None:
+    """Joins the processes of a multi-host run; a no-op on one host.
+
+    dist.coordinator ('host:port'), dist.num_processes and dist.process_id name the cluster
+    explicitly (GPU clusters); otherwise a known cluster environment is detected.
+    """
+    if jax.distributed.is_initialized():
+        return
+    if dist_cfg.coordinator:
+        if not 0 <= dist_cfg.process_id < dist_cfg.num_processes:
+            raise UsageError(
+                f"dist.process_id={dist_cfg.process_id} must be in [0, dist.num_processes="
+                f"{dist_cfg.num_processes})"
+            )
+        jax.distributed.initialize(
+            dist_cfg.coordinator, dist_cfg.num_processes, dist_cfg.process_id
+        )
+    elif any(name in os.environ for name in _CLUSTER_ENV):
+        jax.distributed.initialize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import pathlib
@@ -132,13 +133,16 @@ def _check_train_config(cfg: Any) -> None:
 class StopRequest:
     """SIGTERM / SIGINT ask the loop to stop after the current step, with a checkpoint.
 
-    A second Ctrl-C stops at once. With several processes, all of them stop at the same step.
+    A second Ctrl-C stops at once. With several processes, JAX's preemption service catches
+    SIGTERM and every process stops at the same step (reached_preemption_sync_point).
     """
 
     def __init__(self):
         self.signum: int | None = None
         self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        self.multihost = jax.process_count() > 1
+        # Several processes: SIGTERM belongs to the preemption service, which agrees on a step.
+        for sig in (signal.SIGINT,) if self.multihost else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals stay as they were
@@ -150,10 +154,13 @@ class StopRequest:
         self.signum = signum
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        if self.multihost:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step)
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = signal.SIGTERM
+                return True
+            return False
         return self.signum is not None
 
     def close(self) -> None:
@@ -175,6 +182,14 @@ def _setup_data(cfg: Any) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, splits
 
 
+def _sync(name: str) -> None:
+    """Waits for every process to reach this point (a no-op on one host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _discard_run(workdir: pathlib.Path) -> None:
     """--overwrite: the user asked to replace the run, so its files go."""
     shutil.rmtree(workdir / checkpoint.CKPT_DIR, ignore_errors=True)
@@ -190,6 +205,7 @@ def train_and_evaluate(
     eval metrics plus 'step' and 'stopped_by' (a signal name, or None when it ran to the end)."""
     workdir = pathlib.Path(workdir)
     _check_train_config(cfg)
+    sharding.initialize_distributed(cfg.dist)  # before anything touches a device
     model_config(cfg, cfg.model.vocab_size or 1)  # config errors first, before reading data
     meta, splits = _setup_data(cfg)
     model_cfg = model_config(cfg, meta["vocab_size"])
@@ -219,7 +235,9 @@ def train_and_evaluate(
 
     # Every check has passed: only now does the run touch its workdir.
     data.make_dir(workdir, "--workdir")
-    with checkpoint.WorkdirLock(workdir, log):
+    # Process 0 owns the workdir's files; orbax saves and restores with every process.
+    lock = checkpoint.WorkdirLock(workdir, log) if is_main else contextlib.nullcontext()
+    with lock:
         ckpt = checkpoint.Checkpointer(workdir)
         try:
             resume = checkpoint.should_resume(
@@ -227,7 +245,9 @@ def train_and_evaluate(
             )
             if not resume and ckpt.steps():  # init_from=scratch --overwrite
                 ckpt.close()
-                _discard_run(workdir)
+                if is_main:
+                    _discard_run(workdir)
+                _sync("discarded")
                 ckpt = checkpoint.Checkpointer(workdir)
             with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
                 state, shardings, target = create_train_state(model, tx, model_cfg, mesh, t.seed)
@@ -245,7 +265,8 @@ def train_and_evaluate(
                     skipped = step_meta.get("nonfinite_skipped", 0)
                     last_eval = {k: v for k, v in step_meta.items() if k in EVAL_KEYS}
                     log(f"resuming from {ckpt.step_dir(step)} (step {step})")
-                checkpoint.write_run_files(workdir, resolved, meta)
+                if is_main:
+                    checkpoint.write_run_files(workdir, resolved, meta)
                 nano, total = count_params(state.params)
                 log(
                     f"number of parameters: {nano / 1e6:.2f}M (nanoGPT's count, without wpe); "

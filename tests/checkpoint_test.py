@@ -1,4 +1,4 @@
-"""Resume that loses nothing: exact resume after SIGKILL, SIGTERM, damaged checkpoints, NaN, locks."""
+"""Resume that loses nothing: exact resume after SIGKILL and SIGTERM, damaged steps, NaN, locks."""
 
 import json
 import os

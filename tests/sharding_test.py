@@ -62,3 +62,29 @@ def test_sharded_meshes_match_one_device(shakespeare, tmp_path):
     mixed = _train(tmp_path, "mixed", 8, (2, 2, 2), tmp_path / "data")
     assert len(one) == len(mixed) == 6 + 3
     assert mixed == pytest.approx(one, rel=2e-5)
+
+
+def test_every_mesh_and_pmap_compute_the_same_steps():
+    """Meshes 1x1x1, 8x1x1, 1x8x1, 1x1x4, 2x2x2 and a pmap+pmean step on 8 fake CPU devices."""
+    meshes = ["[1,1,1]", "[8,1,1]", "[1,8,1]", "[1,1,4]", "[2,2,2]"]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests/scripts/mesh_equivalence.py"), *meshes],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    one = results["[1, 1, 1]"]
+    for name, r in results.items():
+        assert r["losses"] == pytest.approx(one["losses"], rel=1e-5), name
+        assert r["wte_max_diff"] < 1e-5, name  # the same params after 5 updates
+    # FSDP over 8 devices keeps ~1/8 of params + Adam moments per device (LayerNorms replicate).
+    assert results["[1, 8, 1]"]["bytes"] < one["bytes"] / 8 * 1.1
+    assert results["[8, 1, 1]"]["bytes"] == one["bytes"]  # data parallel replicates
+    assert results["[1, 1, 4]"]["bytes"] < one["bytes"] / 2  # heads and MLP split 4 ways

@@ -196,6 +196,26 @@ def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
         raise UsageError(f"{path} is unreadable or corrupt; run `minigpt prepare` again") from None
 
 
+def load_prepared(
+    data_dir: str | os.PathLike,
+    *,
+    block_size: int,
+    input_path: str = "",
+    val_fraction: float = 0.1,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, {split: tokens}) of a prepared dir; a given input text is prepared on first use.
+
+    Fails with a UsageError, before anything compiles, if a split cannot hold one window.
+    """
+    if input_path and not (pathlib.Path(data_dir) / META_FILE).exists():
+        prepare(read_text(input_path), data_dir, val_fraction=val_fraction, block_size=block_size)
+    meta = load_meta(data_dir)
+    splits = {split: load_split(data_dir, split) for split in SPLITS}
+    for tokens in splits.values():
+        Batches(tokens, batch_size=1, block_size=block_size, seed=0)
+    return meta, splits
+
+
 class Batches:
     """Batch `step` of a token stream, as a pure function of (seed, step).
 

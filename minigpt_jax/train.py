@@ -168,20 +168,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _setup_data(cfg: Any) -> tuple[dict, dict[str, np.ndarray]]:
-    if cfg.data.input and not (pathlib.Path(cfg.data.dir) / data.META_FILE).exists():
-        # A corpus given in the config is prepared on first use, as `minigpt prepare` would.
-        text = data.read_text(cfg.data.input)
-        data.prepare(
-            text, cfg.data.dir, val_fraction=cfg.data.val_fraction, block_size=cfg.model.block_size
-        )
-    meta = data.load_meta(cfg.data.dir)
-    splits = {s: data.load_split(cfg.data.dir, s) for s in data.SPLITS}
-    for split in data.SPLITS:  # fail before compiling if a split cannot hold a window
-        data.Batches(splits[split], batch_size=1, block_size=cfg.model.block_size, seed=0)
-    return meta, splits
-
-
 def _sync(name: str) -> None:
     """Waits for every process to reach this point (a no-op on one host)."""
     if jax.process_count() > 1:
@@ -207,7 +193,12 @@ def train_and_evaluate(
     _check_train_config(cfg)
     sharding.initialize_distributed(cfg.dist)  # before anything touches a device
     model_config(cfg, cfg.model.vocab_size or 1)  # config errors first, before reading data
-    meta, splits = _setup_data(cfg)
+    meta, splits = data.load_prepared(
+        cfg.data.dir,
+        block_size=cfg.model.block_size,
+        input_path=cfg.data.input,
+        val_fraction=cfg.data.val_fraction,
+    )
     model_cfg = model_config(cfg, meta["vocab_size"])
     t = cfg.train
     train_batches = data.Batches(

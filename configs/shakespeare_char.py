@@ -77,6 +77,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.dist.coordinator = ""  # 'host:port' of process 0; empty: one host, or a detected cluster
     c.dist.num_processes = 1
     c.dist.process_id = 0  # set per process: --config.dist.process_id=N
+    c.dist.auto = False  # True: jax.distributed.initialize() finds the cluster (Cloud TPU pods)
 
     if arg == "cpu":
         c.model.update(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)

@@ -109,7 +109,8 @@ def initialize_distributed(dist_cfg: Any) -> None:
     """Joins the processes of a multi-host run; a no-op on one host.
 
     dist.coordinator ('host:port'), dist.num_processes and dist.process_id name the cluster
-    explicitly (GPU clusters); otherwise a known cluster environment is detected.
+    explicitly (GPU clusters); dist.auto lets JAX find it (Cloud TPU's metadata server, SLURM,
+    ...); otherwise a known cluster environment variable turns the same detection on.
     """
     if jax.distributed.is_initialized():
         return
@@ -122,5 +123,5 @@ def initialize_distributed(dist_cfg: Any) -> None:
         jax.distributed.initialize(
             dist_cfg.coordinator, dist_cfg.num_processes, dist_cfg.process_id
         )
-    elif any(name in os.environ for name in _CLUSTER_ENV):
+    elif dist_cfg.auto or any(name in os.environ for name in _CLUSTER_ENV):
         jax.distributed.initialize()

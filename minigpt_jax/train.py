@@ -189,6 +189,8 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains cfg in workdir, resuming from its newest readable checkpoint. Returns the last
     eval metrics plus 'step' and 'stopped_by' (a signal name, or None when it ran to the end)."""
+    if "://" in str(workdir):
+        raise UsageError(f"--workdir {workdir}: only local or shared-filesystem paths work so far")
     workdir = pathlib.Path(workdir)
     _check_train_config(cfg)
     sharding.initialize_distributed(cfg.dist)  # before anything touches a device

@@ -110,6 +110,7 @@ def _bad_inputs(tmp, smoke_dir):
         (["train", "--config", SMOKE.replace("smoke", "huge"), "--workdir", "w"], "variant"),
         ([*train, "--config.train.max_iters=lots"], "invalid"),
         ([*train, "--config.model.nlayer=2"], "n_layer"),
+        (["train", "--config", SMOKE, "--workdir", "gs://bucket/run"], "only local"),
         ([*train, "--config.data.dir=nowhere"], "prepare"),
         (["train", "--config", SMOKE, "--workdir", "afile", data_flag], "is a file"),
         (["train", "--config", SMOKE, "--workdir", "afile/run", data_flag], "afile"),

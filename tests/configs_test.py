@@ -1,0 +1,143 @@
+"""Every config file and variant loads and holds what train.py reads; tpu.py:smoke trains here."""
+
+import importlib.util
+import json
+import math
+import pathlib
+import re
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import ROOT
+
+from minigpt_jax import cli, data, optimizer, sharding
+from minigpt_jax.model import ModelConfig, make_model
+
+CONFIGS = ROOT / "configs"
+# The variants each config file documents ('' is the default). A new file must be listed here.
+VARIANTS = {
+    "shakespeare_char.py": ("", "cpu", "smoke"),
+    "bigram.py": ("", "smoke"),
+    "tpu.py": ("", "char", "gpt2_124m", "smoke"),
+}
+# The fields train.py, optimizer.py and sharding.py read from each section.
+FIELDS = {
+    "data": ("dir", "input", "val_fraction", "sampling"),
+    "opt": (
+        "schedule", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "warmup_tokens",
+        "final_tokens", "b1", "b2", "eps", "weight_decay", "decay_mask", "grad_clip",
+    ),
+    "train": (
+        "seed", "batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters",
+        "ckpt_interval", "log_interval", "init_from", "skip_nonfinite",
+    ),
+    "mesh": ("data", "fsdp", "tensor"),
+    "dist": ("coordinator", "num_processes", "process_id", "auto"),
+}  # fmt: skip
+
+
+def load(name: str) -> ModuleType:
+    """A config file as a module, by path: configs are not a package."""
+    spec = importlib.util.spec_from_file_location(f"config_{name[:-3]}", CONFIGS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tpu(variant: str):
+    return load("tpu.py").get_config(variant)
+
+
+def test_every_config_file_is_listed():
+    assert sorted(p.name for p in CONFIGS.glob("*.py")) == sorted(VARIANTS)
+
+
+@pytest.mark.parametrize(
+    "name,variant", [(name, v) for name, variants in VARIANTS.items() for v in variants]
+)
+def test_variant_loads_and_holds_what_train_reads(name: str, variant: str):
+    module = load(name)
+    if variant:
+        assert re.search(rf"\b{variant}\b", module.__doc__), f"{variant} is not documented"
+    cfg = module.get_config(variant)
+    assert isinstance(ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": 65}), ModelConfig)
+    for section, fields in FIELDS.items():
+        missing = [f for f in fields if f not in cfg[section]]
+        assert not missing, f"{name}:{variant} lacks {section}.{missing}"
+    t = cfg.train
+    assert min(t.batch_size, t.grad_accum, t.max_iters, t.eval_iters, t.ckpt_interval) > 0
+    assert t.init_from in ("resume", "scratch")
+    tokens = t.batch_size * cfg.model.block_size * t.grad_accum
+    optimizer.make_optimizer(cfg.opt, optimizer.make_schedule(cfg.opt, tokens))
+    sharding.mesh_shape(cfg.mesh, 1)  # this CPU: every config runs on one device
+
+
+def test_default_variant_is_the_empty_one():
+    for name in VARIANTS:
+        module = load(name)
+        assert module.get_config().to_dict() == module.get_config("").to_dict()
+    with pytest.raises(ValueError, match="unknown variant"):
+        tpu("v5e")
+
+
+def test_char_is_nanogpts_recipe_in_bf16_data_parallel():
+    nanogpt, char = load("shakespeare_char.py").get_config(""), tpu("char")
+    assert char.model.dtype == "bfloat16"
+    assert {**char.model.to_dict(), "dtype": "float32"} == nanogpt.model.to_dict()
+    assert char.opt.to_dict() == nanogpt.opt.to_dict()
+    assert char.train.to_dict() == nanogpt.train.to_dict()
+    for chips in (4, 8):  # a v4-8 shows JAX 4 devices (megacore), a v5e-8 shows 8
+        assert sharding.mesh_shape(char.mesh, chips) == (chips, 1, 1)
+        assert char.train.batch_size % chips == 0
+
+
+def test_gpt2_124m_is_gpt2_small_with_nanogpts_optimizer():
+    cfg = tpu("gpt2_124m")
+    m, o, t = cfg.model, cfg.opt, cfg.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (12, 12, 768, 1024)
+    assert (m.dropout, m.bias, m.dtype) == (0.0, False, "bfloat16")
+    assert (o.lr, o.min_lr, o.warmup_iters, o.lr_decay_iters) == (6e-4, 6e-5, 2000, 600_000)
+    assert (o.b1, o.b2, o.weight_decay, o.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    tokens = t.batch_size * t.grad_accum * m.block_size
+    assert tokens == pytest.approx(12 * 40 * 1024, rel=0.1)  # nanoGPT's train_gpt2: ~0.5M
+    for chips in (8, 16, 32, 64, 128):
+        assert sharding.mesh_shape(cfg.mesh, chips) == (1, chips, 1)
+        assert t.batch_size % chips == 0
+    # With GPT-2's vocabulary and biases this is GPT-2 small: nanoGPT's 123.65M exactly.
+    assert nanogpt_count({**m.to_dict(), "vocab_size": 50257, "bias": True}) == 123_653_376
+    assert nanogpt_count({**m.to_dict(), "vocab_size": 65}) == 85_003_776  # characters, no bias
+
+
+def nanogpt_count(fields: dict) -> int:
+    """Parameters as nanoGPT counts them (all but wpe), from shapes alone."""
+    cfg = ModelConfig.from_dict(fields)
+    x_1xT = jnp.zeros((1, cfg.block_size), jnp.int32)
+    abstract = jax.eval_shape(make_model(cfg).init, jax.random.key(0), x_1xT)["params"]
+    return sum(x.size for k, v in abstract.items() if k != "wpe" for x in jax.tree.leaves(v))
+
+
+def test_tpu_smoke_trains_on_this_cpu(shakespeare: pathlib.Path, tmp_path: pathlib.Path, capsys):
+    data.prepare(data.read_text(shakespeare), tmp_path / "data", block_size=32)
+    workdir = tmp_path / "run"
+    code = cli.main(
+        [
+            "minigpt",
+            "train",
+            "--config",
+            f"{CONFIGS / 'tpu.py'}:smoke",
+            "--workdir",
+            str(workdir),
+            f"--config.data.dir={tmp_path / 'data'}",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert abs(evals[0]["val_loss"] - math.log(65)) < 0.1  # tiny widths start at uniform
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["dtype"] == "float32" and config["mesh"]["data"] == -1
+    assert (workdir / "checkpoints" / "30").is_dir()

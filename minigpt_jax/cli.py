@@ -1,7 +1,11 @@
-"""The `minigpt` command: prepare | train | sample. Thin: parsing, then one library call."""
+"""The `minigpt` command: prepare | train | eval | sample | bench.
+
+Thin: parsing, then one library call.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import sys
@@ -15,7 +19,10 @@ commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
   eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
-  sample   --workdir DIR [--prompt TEXT] [--max_new_tokens N] [--temperature T] [--top_k K]
+  sample   --workdir DIR [--prompt TEXT | --prompt_file FILE] [--num_samples N] [--out FILE]
+           [--max_new_tokens N] [--temperature T (0: greedy)] [--top_k K] [--top_p P]
+           [--seed S] [--window chunked|exact]
+  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
 
 `minigpt COMMAND --helpfull` lists every flag."""
 
@@ -60,6 +67,21 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass; 1 keeps every token.", flag_values=f)
     flags.DEFINE_integer("seed", 0, "sample: random seed.", flag_values=f)
     flags.DEFINE_integer("num_samples", 1, "sample: independent samples to draw.", flag_values=f)
+    flags.DEFINE_enum(
+        "window",
+        "chunked",
+        ["chunked", "exact"],
+        "sample: past block_size, 'exact' crops like nanoGPT (a full forward per token); "
+        "'chunked' keeps the last block_size/2 tokens and goes on cached (fast).",
+        flag_values=f,
+    )
+    flags.DEFINE_string(
+        "out", None, "sample: also write the samples to FILE; bench: the table.", flag_values=f
+    )
+    flags.DEFINE_list(
+        "lengths", ["500", "2000"], "bench sample: new-token counts to time.", flag_values=f
+    )
+    flags.DEFINE_integer("repeats", 3, "bench: timed repeats per cell (median).", flag_values=f)
     return f
 
 
@@ -146,18 +168,11 @@ def _load_config(FLAGS: flags.FlagValues):
 
 
 def _sample(FLAGS: flags.FlagValues) -> None:
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from minigpt_jax import checkpoint, data, sample
+    from minigpt_jax import data, sample
     from minigpt_jax.errors import UsageError
-    from minigpt_jax.model import ModelConfig, make_model
 
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory of a `minigpt train` run")
-    config, meta = checkpoint.read_run_files(FLAGS.workdir)
-    tokenizer = data.CharTokenizer.from_json(meta)
     prompt = FLAGS.prompt
     if FLAGS.prompt_file:
         prompt = data.read_text(FLAGS.prompt_file)
@@ -167,41 +182,70 @@ def _sample(FLAGS: flags.FlagValues) -> None:
         raise UsageError("max_new_tokens >= 0, num_samples >= 1 and temperature >= 0 are required")
     if not 0.0 < FLAGS.top_p <= 1.0 or (FLAGS.top_k is not None and FLAGS.top_k < 1):
         raise UsageError("top_p must be in (0, 1] and top_k at least 1")
-    ids = tokenizer.encode(prompt)
-    try:
-        model_cfg = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{FLAGS.workdir}/config.json has a bad model section: {e}") from None
+    out = _out_path(FLAGS.out)
     _enable_compilation_cache()
-    ckpt = checkpoint.Checkpointer(FLAGS.workdir, create=False)
-    step = ckpt.latest_step()
-    if step is None:
-        raise UsageError(f"{FLAGS.workdir} holds no checkpoint yet; train it first")
-    model = make_model(model_cfg)
-    x_1xT = jnp.zeros((1, model_cfg.block_size), jnp.int32)
-    abstract = jax.eval_shape(lambda r: nn.unbox(model.init(r, x_1xT))["params"], jax.random.key(0))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-    )
-    params = ckpt.restore_params(step, abstract)
-    out = sample.generate(
-        params,
-        model_cfg,
-        ids,
-        jax.random.key(FLAGS.seed),
+    sample.sample_run(
+        FLAGS.workdir,
+        prompt,
+        seed=FLAGS.seed,
         max_new_tokens=FLAGS.max_new_tokens,
         temperature=FLAGS.temperature,
         top_k=FLAGS.top_k,
         top_p=FLAGS.top_p,
         num_samples=FLAGS.num_samples,
+        window=FLAGS.window,
+        out=out,
     )
-    for row in out:
-        print(tokenizer.decode(row))
-        print("---------------")
 
 
-COMMANDS = {"prepare": _prepare, "train": _train, "eval": _eval, "sample": _sample}
+def _bench(FLAGS: flags.FlagValues, what: str) -> None:
+    from minigpt_jax import bench
+    from minigpt_jax.errors import UsageError
+
+    del what  # 'sample' is the only benchmark so far; a later issue adds 'train'
+    config = _load_config(FLAGS) if FLAGS["config"].present else None
+    try:
+        lengths = [int(n) for n in FLAGS.lengths]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1 or FLAGS.repeats < 1 or FLAGS.num_samples < 1:
+        raise UsageError("--lengths takes positive integers (500,2000); --repeats at least 1")
+    try:
+        cfg = bench.model_config(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"bad model section in --config: {e}") from None
+    out = _out_path(FLAGS.out)
+    _enable_compilation_cache()
+    rows = bench.run_sample(
+        cfg, lengths=lengths, repeats=FLAGS.repeats, num_samples=FLAGS.num_samples
+    )
+    if out:
+        out.write_text(bench.table(rows) + "\n")
+
+
+def _out_path(out: str | None) -> pathlib.Path | None:
+    """--out checked before any work: its folder must exist and it must not be a folder."""
+    from minigpt_jax.errors import UsageError
+
+    if out is None:
+        return None
+    path = pathlib.Path(out)
+    if path.is_dir() or not path.parent.is_dir():
+        what = "is a directory" if path.is_dir() else f"needs the folder {path.parent} to exist"
+        raise UsageError(f"--out {out} {what}; pass a file path in an existing folder")
+    return path
+
+
+BENCHMARKS = ("sample",)  # `minigpt bench WHAT`
+
+
+COMMANDS = {
+    "prepare": _prepare,
+    "train": _train,
+    "eval": _eval,
+    "sample": _sample,
+    "bench": _bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from minigpt_jax.errors import RunStopped, UsageError
 
-    args = [f"minigpt {command}", *argv[2:]]
+    run, rest = COMMANDS[command], argv[2:]
+    if command == "bench":  # `minigpt bench WHAT [--flags]`
+        what = rest[0] if rest else None
+        if what not in BENCHMARKS:
+            print(
+                f"minigpt bench: error: name what to time: {', '.join(BENCHMARKS)}", file=sys.stderr
+            )
+            return 2
+        run, rest = functools.partial(_bench, what=what), rest[1:]
+    args = [f"minigpt {command}", *rest]
     FLAGS = _define_flags(args)
     try:
         extra = FLAGS(args)[1:]
@@ -233,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt {command}: error: no such config field {_one_line(inner)}", file=sys.stderr)
         return 2
     try:
-        COMMANDS[command](FLAGS)
+        run(FLAGS)
     except UsageError as e:
         print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

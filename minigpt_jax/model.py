@@ -5,10 +5,16 @@ Shape legend (in variable names, nanodo style):
   C  n_embd                V  vocab_size
   H  n_head                D  head dim = C // H
   F  MLP hidden = 4 * C    3C fused q, k, v
+  S  keys attended: the T tokens themselves, or with a KV cache its block_size slots
+     (slot s holds the token at position s)
 
 Parameter names follow nanoGPT's state_dict (wte, wpe, h_{i}/{ln_1, attn/{c_attn, c_proj},
 ln_2, mlp/{c_fc, c_proj}}, ln_f, lm_head), so a checkpoint converts with one rename table.
 Every parameter carries logical axis names; sharding.py maps them onto a mesh.
+
+Decode path: pass `cache` (init_cache) and `pos_BxT` to get (logits, cache). The new tokens' keys
+and values are written at slots pos_BxT, and each token attends to the slots at or before its
+own position, so a row may sit at any position. Without a cache the forward is the plain one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ ACTIVATIONS = {
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ARCHS = ("gpt", "bigram")
+# Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
+KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +146,13 @@ class CausalSelfAttention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        x_BxTxC: jax.Array,
+        deterministic: bool,
+        pos_BxT: jax.Array | None = None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         cfg = self.cfg
         B, T, C = x_BxTxC.shape
         H, D = cfg.n_head, C // cfg.n_head
@@ -147,20 +161,31 @@ class CausalSelfAttention(nn.Module):
         q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (
             a.reshape(B, T, H, D) for a in jnp.split(qkv_BxTx3C, 3, axis=-1)
         )
+        if kv is None:
+            k_BxSxHxD, v_BxSxHxD = k_BxTxHxD, v_BxTxHxD
+            mask_BxTxS = jnp.tril(jnp.ones((T, T), dtype=bool))[None]
+        else:
+            # Each row's T new tokens sit at consecutive slots from its own start.
+            write = jax.vmap(lambda c, new, s: jax.lax.dynamic_update_slice_in_dim(c, new, s, 0))
+            k_BxSxHxD = write(kv[0], k_BxTxHxD.astype(kv[0].dtype), pos_BxT[:, 0])
+            v_BxSxHxD = write(kv[1], v_BxTxHxD.astype(kv[1].dtype), pos_BxT[:, 0])
+            kv = (k_BxSxHxD, v_BxSxHxD)
+            # Slots past a token's position hold stale or padding entries: never attended.
+            S = k_BxSxHxD.shape[1]
+            mask_BxTxS = jnp.arange(S)[None, None, :] <= pos_BxT[:, :, None]
         # Scores and softmax in fp32 whatever the compute dtype.
-        att_BxHxTxT = jnp.einsum(
-            "bqhd,bkhd->bhqk", q_BxTxHxD, k_BxTxHxD, preferred_element_type=jnp.float32
+        att_BxHxTxS = jnp.einsum(
+            "bqhd,bkhd->bhqk", q_BxTxHxD, k_BxSxHxD, preferred_element_type=jnp.float32
         ) / math.sqrt(D)
-        causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
-        att_BxHxTxT = jnp.where(causal_TxT, att_BxHxTxT, -jnp.inf)
-        att_BxHxTxT = jax.nn.softmax(att_BxHxTxT, axis=-1)
-        att_BxHxTxT = nn.Dropout(cfg.dropout)(att_BxHxTxT, deterministic=deterministic)
-        y_BxTxHxD = jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxT.astype(dt), v_BxTxHxD)
+        att_BxHxTxS = jnp.where(mask_BxTxS[:, None], att_BxHxTxS, -jnp.inf)
+        att_BxHxTxS = jax.nn.softmax(att_BxHxTxS, axis=-1)
+        att_BxHxTxS = nn.Dropout(cfg.dropout)(att_BxHxTxS, deterministic=deterministic)
+        y_BxTxHxD = jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxS.astype(dt), v_BxSxHxD)
         y_BxTxC = y_BxTxHxD.reshape(B, T, C)
         y_BxTxC = Linear(C, ("heads", "embed"), _proj_std(cfg), cfg.bias, dt, name="c_proj")(
             y_BxTxC
         )
-        return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic)
+        return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic), kv
 
 
 class MLP(nn.Module):
@@ -180,52 +205,73 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        x_BxTxC: jax.Array,
+        deterministic: bool,
+        pos_BxT: jax.Array | None = None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         # The residual stream stays fp32 (as under torch autocast); branches compute in dtype.
         cfg = self.cfg
         attn = CausalSelfAttention(cfg, name="attn")
-        x_BxTxC = x_BxTxC + attn(_layer_norm(cfg, "ln_1")(x_BxTxC), deterministic).astype(
-            jnp.float32
-        )
+        y_BxTxC, kv = attn(_layer_norm(cfg, "ln_1")(x_BxTxC), deterministic, pos_BxT, kv)
+        x_BxTxC = x_BxTxC + y_BxTxC.astype(jnp.float32)
         mlp = MLP(cfg, name="mlp")
-        return x_BxTxC + mlp(_layer_norm(cfg, "ln_2")(x_BxTxC), deterministic).astype(jnp.float32)
+        y_BxTxC = mlp(_layer_norm(cfg, "ln_2")(x_BxTxC), deterministic)
+        return x_BxTxC + y_BxTxC.astype(jnp.float32), kv
 
 
 class GPT(nn.Module):
-    """Decoder-only transformer: idx_BxT -> logits_BxTxV (fp32)."""
+    """Decoder-only transformer: idx_BxT -> logits_BxTxV (fp32); with a cache, (logits, cache)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, idx_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(
+        self,
+        idx_BxT: jax.Array,
+        deterministic: bool = True,
+        *,
+        pos_BxT: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
         cfg = self.cfg
         T = idx_BxT.shape[1]
         if T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
         wte_VxC = self.param("wte", _normal(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.n_embd))
         wpe_TxC = self.param("wpe", _normal(0.02, ("pos", "embed")), (cfg.block_size, cfg.n_embd))
-        x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + wpe_TxC[:T]
+        if cache is None:
+            x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + wpe_TxC[:T]
+        else:
+            x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + jnp.take(wpe_TxC, pos_BxT, axis=0)
         x_BxTxC = nn.Dropout(cfg.dropout)(x_BxTxC, deterministic)
+        new_cache = []
         for i in range(cfg.n_layer):
-            x_BxTxC = Block(cfg, name=f"h_{i}")(x_BxTxC, deterministic)
+            kv = None if cache is None else cache[i]
+            x_BxTxC, kv = Block(cfg, name=f"h_{i}")(x_BxTxC, deterministic, pos_BxT, kv)
+            new_cache.append(kv)
         x_BxTxC = _layer_norm(cfg, "ln_f")(x_BxTxC)
         if cfg.tie_embeddings:
-            return jnp.einsum(
+            logits_BxTxV = jnp.einsum(
                 "btc,vc->btv",
                 x_BxTxC,
                 wte_VxC.astype(cfg.compute_dtype),
                 preferred_element_type=jnp.float32,
             )
-        head = Linear(
-            cfg.vocab_size,
-            ("embed", "vocab"),
-            0.02,
-            False,  # nanoGPT's and minGPT's lm_head never has a bias
-            cfg.compute_dtype,
-            out_dtype=jnp.float32,
-            name="lm_head",
-        )
-        return head(x_BxTxC)
+        else:
+            head = Linear(
+                cfg.vocab_size,
+                ("embed", "vocab"),
+                0.02,
+                False,  # nanoGPT's and minGPT's lm_head never has a bias
+                cfg.compute_dtype,
+                out_dtype=jnp.float32,
+                name="lm_head",
+            )
+            logits_BxTxV = head(x_BxTxC)
+        return logits_BxTxV if cache is None else (logits_BxTxV, tuple(new_cache))
 
 
 class Bigram(nn.Module):
@@ -234,15 +280,35 @@ class Bigram(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, idx_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
-        del deterministic  # no dropout: the table is the whole model
+    def __call__(
+        self,
+        idx_BxT: jax.Array,
+        deterministic: bool = True,
+        *,
+        pos_BxT: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
+        del deterministic, pos_BxT  # no dropout, no positions: the table is the whole model
         V = self.cfg.vocab_size
         table_VxV = self.param("wte", _normal(0.02, ("vocab", "vocab_out")), (V, V))
-        return jnp.take(table_VxV, idx_BxT, axis=0).astype(jnp.float32)
+        logits_BxTxV = jnp.take(table_VxV, idx_BxT, axis=0).astype(jnp.float32)
+        return logits_BxTxV if cache is None else (logits_BxTxV, cache)
 
 
 def make_model(cfg: ModelConfig) -> nn.Module:
     return Bigram(cfg) if cfg.arch == "bigram" else GPT(cfg)
+
+
+def init_cache(cfg: ModelConfig, batch: int) -> KVCache:
+    """An empty decode cache: one (k, v) pair of B x S x H x D zeros per layer; bigram: none."""
+    if cfg.arch == "bigram":
+        return ()
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    shape = (batch, cfg.block_size, H, D)
+    return tuple(
+        (jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+        for _ in range(cfg.n_layer)
+    )
 
 
 def count_params(params: Any) -> tuple[int, int]:

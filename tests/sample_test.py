@@ -1,37 +1,187 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, init_params
 
-from minigpt_jax import sample
+from minigpt_jax import bench, cli, sample
+
+W = TINY.block_size
+VARIANTS = {
+    "tiny": TINY,
+    "bias_untied": dataclasses.replace(TINY, bias=True, tie_embeddings=False),
+    "bigram": dataclasses.replace(TINY, arch="bigram"),
+}
 
 
-def test_greedy_generation_crops_like_nanogpt(tiny):
-    """Past block_size each token is predicted from exactly the last block_size tokens."""
-    cfg, model, params = tiny
-    prompt = np.array([1, 2, 3, 4, 5], np.int32)
-    n_new = 2 * cfg.block_size  # well past the window
-    out = sample.generate(
-        params, cfg, prompt, jax.random.key(0), max_new_tokens=n_new, temperature=0.0
+def _reference(model, params, prompt, new_tokens, window):
+    """Uncached logits for every new token, from the context nanoGPT (or chunked) would use.
+
+    exact: the last block_size tokens. chunked: when the window is full, keep the last
+    block_size // 2 tokens (the new one included) and grow again.
+    """
+    ctx = list(prompt[-W:])
+    logits = []
+    for tok in new_tokens:
+        x = jnp.asarray(ctx, jnp.int32)[None]
+        logits.append(np.asarray(model.apply({"params": params}, x)[0, -1]))
+        if len(ctx) == W:
+            ctx = ctx[1:] if window == "exact" else ctx[len(ctx) - W // 2 + 1 :]
+        ctx.append(int(tok))
+    return np.stack(logits)
+
+
+@pytest.mark.parametrize(
+    "window, variant, prompt_len",
+    [
+        ("exact", "tiny", 3),
+        ("exact", "tiny", W + 3),  # a prompt longer than the window is cropped first
+        ("chunked", "tiny", 3),
+        ("chunked", "tiny", W + 3),
+        ("chunked", "bias_untied", 1),
+        ("exact", "bigram", 2),
+    ],
+)
+def test_cached_sampling_equals_uncached_reference(window, variant, prompt_len):
+    """Every step's logits equal an uncached forward over the same context; tokens follow."""
+    cfg = VARIANTS[variant]
+    model, params = init_params(cfg)
+    prompt = np.arange(prompt_len) % cfg.vocab_size
+    n_new, rng = 3 * W + 1, jax.random.key(0)
+    out, logits = sample.generate(
+        params, cfg, prompt, rng, max_new_tokens=n_new, window=window, return_logits=True
     )
-    assert out.shape == (1, len(prompt) + n_new)
-    idx = list(prompt)
-    for _ in range(n_new):  # nanoGPT's generate: crop, forward, take the last position
-        window = jnp.asarray(idx[-cfg.block_size :], jnp.int32)[None]
-        idx.append(int(jnp.argmax(model.apply({"params": params}, window)[0, -1])))
-    np.testing.assert_array_equal(out[0], idx)
+    assert out.shape == (1, prompt_len + n_new) and logits.shape == (1, n_new, cfg.vocab_size)
+    np.testing.assert_array_equal(out[0, :prompt_len], prompt)
+    new = out[0, prompt_len:]
+    ref = _reference(model, params, prompt, new, window)
+    np.testing.assert_allclose(logits[0], ref, atol=1e-5, rtol=0)
+    # Each token is the draw its documented key makes from the reference logits.
+    keys = [jax.random.fold_in(jax.random.fold_in(rng, 0), i) for i in range(n_new)]
+    drawn = [int(jax.random.categorical(k, jnp.asarray(lg))) for k, lg in zip(keys, ref)]
+    np.testing.assert_array_equal(new, drawn)
 
 
-def test_sampling_is_seeded_and_batched(tiny):
+def test_exact_window_differs_from_chunked_past_block_size(tiny):
+    cfg, _, params = tiny
+    kw = dict(max_new_tokens=3 * W + 1, return_logits=True)  # the programs of the test above
+    _, exact = sample.generate(params, cfg, [1, 2], jax.random.key(0), window="exact", **kw)
+    _, chunked = sample.generate(params, cfg, [1, 2], jax.random.key(0), window="chunked", **kw)
+    first_past = W - 1  # new token W - 1 is the first whose context would exceed W tokens
+    np.testing.assert_array_equal(exact[:, :first_past], chunked[:, :first_past])
+    assert not np.allclose(exact[:, first_past], chunked[:, first_past])
+
+
+@pytest.mark.parametrize("window", ["chunked", "exact"])
+def test_a_batch_of_prompts_samples_as_each_prompt_alone(tiny, window):
+    cfg, _, params = tiny
+    prompts = [np.array([5]), np.array([1, 2, 3, 4, 5]), np.arange(W + 3) % cfg.vocab_size]
+    kw = dict(max_new_tokens=2 * W, num_samples=2, top_k=6, window=window, return_logits=True)
+    batch, batch_logits = sample.generate(params, cfg, prompts, jax.random.key(3), **kw)
+    for i, p in enumerate(prompts):
+        alone, alone_logits = sample.generate(params, cfg, p, jax.random.key(3), **kw)
+        np.testing.assert_array_equal(batch[i], alone)
+        np.testing.assert_allclose(batch_logits[2 * i : 2 * i + 2], alone_logits, atol=1e-5)
+    assert not np.array_equal(batch[0][0], batch[0][1])  # the two samples draw independently
+
+
+def test_sampling_is_seeded_and_streams_like_one_call(tiny):
     cfg, _, params = tiny
     prompt = np.array([3], np.int32)
-    kw = dict(max_new_tokens=12, temperature=1.0, num_samples=3)
+    kw = dict(max_new_tokens=20, temperature=1.0, num_samples=3, top_p=0.9)
     a = sample.generate(params, cfg, prompt, jax.random.key(1), **kw)
     b = sample.generate(params, cfg, prompt, jax.random.key(1), **kw)
     c = sample.generate(params, cfg, prompt, jax.random.key(2), **kw)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert len({tuple(row) for row in a}) > 1  # rows draw independently
+    chunks = list(sample.stream(params, cfg, prompt, jax.random.key(1), chunk=6, **kw))
+    assert [ch.shape for ch in chunks] == [(3, 6)] * 3 + [(3, 2)]
+    np.testing.assert_array_equal(np.concatenate(chunks, 1), a[:, 1:])
+    one = dict(kw, num_samples=1)
+    second = sample.stream(params, cfg, prompt, jax.random.key(1), first_sample=1, **one)
+    np.testing.assert_array_equal(np.concatenate(list(second), 1)[0], a[1, 1:])
+
+
+def test_new_prompt_lengths_and_lengths_do_not_recompile():
+    cfg = dataclasses.replace(TINY, vocab_size=13, block_size=64)  # this test's own programs
+    _, params = init_params(cfg)
+    events = []
+
+    def listen(event, duration, **kw):
+        if event.startswith("/jax/core/compile/"):
+            events.append((event, kw.get("fun_name")))
+
+    def run(prompt_len, n_new, **kw):
+        prompt = np.arange(prompt_len) % cfg.vocab_size
+        out = sample.generate(params, cfg, prompt, jax.random.key(0), max_new_tokens=n_new, **kw)
+        assert out.shape == (1, prompt_len + n_new)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        run(3, 10)  # compiles the 16-token prompt bucket and the 16-step scan
+        assert {name for _, name in events} >= {"_prefill", "_decode"}
+        events.clear()
+        for prompt_len, n_new in [(1, 16), (7, 5), (16, 1), (12, 9)]:
+            run(prompt_len, n_new)
+        run(5, 12, temperature=0.5, top_k=3, top_p=0.8)
+        run(9, 3, temperature=0.0)
+        assert events == []
+        run(40, 10)  # a new prompt bucket: the prefill compiles, the scan does not
+        assert {name for _, name in events} == {"_prefill", "jit(_prefill)"}
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_bad_arguments_raise_value_errors(tiny):
+    cfg, _, params = tiny
+    rng = jax.random.key(0)
+    for prompt, kw, match in [
+        ([], {}, "non-empty"),
+        ([1, cfg.vocab_size], {}, "token ids"),
+        ([1], {"window": "sliding"}, "window"),
+        ([1], {"top_p": 0.0}, "top_p"),
+        ([1], {"top_k": 0}, "top_k"),
+        ([1], {"temperature": -1.0}, "temperature"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sample.generate(params, cfg, prompt, rng, max_new_tokens=3, **kw)
+    out = sample.generate(params, cfg, [4, 2], rng, max_new_tokens=0)
+    np.testing.assert_array_equal(out, [[4, 2]])
+
+
+def test_benchmark_reference_samples_like_exact(tiny):
+    """The recompute baseline does the same work as window='exact': same tokens, same seed."""
+    cfg, _, params = tiny
+    kw = dict(max_new_tokens=3 * W, temperature=1.0, top_k=5)
+    ref = bench.recompute_generate(params, cfg, [1, 2, 3], jax.random.key(4), **kw)
+    ours = sample.generate(params, cfg, [1, 2, 3], jax.random.key(4), window="exact", **kw)
+    np.testing.assert_array_equal(ref, ours)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "--workdir", "w", "--window", "sliding"], "chunked|exact"),
+        (["sample", "--workdir", "w", "--out", "nodir/x.txt"], "nodir"),
+        (["sample", "--workdir", "w", "--out", "."], "is a directory"),
+        (["bench"], "sample"),
+        (["bench", "train"], "sample"),
+        (["bench", "sample", "--lengths", "500,lots"], "--lengths"),
+        (["bench", "sample", "--repeats", "0"], "--repeats"),
+        (["bench", "sample", "--config", "nope.py"], "No such file"),
+    ],
+)
+def test_bad_sample_and_bench_flags_give_one_line_and_exit_2(
+    args, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["minigpt", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err, err
+    assert "\n" not in err and "Traceback" not in err
 
 
 LOGITS = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
@@ -47,7 +197,9 @@ def _support(temperature=1.0, top_k=None, top_p=1.0):
     [
         ({}, {0, 1, 2, 3}),
         ({"top_k": 2}, {0, 1}),
+        ({"top_k": jnp.int32(2)}, {0, 1}),  # traced top_k: no recompile per k
         ({"top_k": 1}, {0}),
+        ({"top_k": 9}, {0, 1, 2, 3}),
         ({"top_p": 0.5}, {0}),  # token 0 alone reaches 0.5
         ({"top_p": 0.6}, {0, 1}),
         ({"top_p": 0.9}, {0, 1, 2}),
@@ -59,11 +211,11 @@ def test_top_k_and_top_p_keep_the_right_tokens(kw, support):
 
 
 def test_temperature_zero_is_argmax_and_temperature_sharpens():
-    rng = jax.random.key(0)
-    greedy = [
-        int(sample.sample_token(LOGITS, jax.random.fold_in(rng, i), 0.0, None, 1.0)[0])
-        for i in range(20)
-    ]
-    assert set(greedy) == {0}
+    keys = jax.random.split(jax.random.key(0), 20)
+    logits = jnp.tile(LOGITS, (20, 1))
+    greedy = sample.sample_token(logits, keys, jnp.float32(0.0), None, jnp.float32(1.0))
+    assert set(np.asarray(greedy).tolist()) == {0}
+    warm = sample.sample_token(logits, keys, jnp.float32(1.0), None, jnp.float32(1.0))
+    assert len(set(np.asarray(warm).tolist())) > 1
     cold = sample.filter_logits(LOGITS, jnp.float32(0.5), None, jnp.float32(1.0))
     assert float(jax.nn.softmax(cold)[0, 0]) > 0.5

@@ -1,0 +1,187 @@
+"""`minigpt bench sample`: tokens/s of the cached sampler against nanoGPT-style recompute.
+
+Not a test: timings on a shared machine are noisy, so each cell is the median of repeats, the
+methods take turns within each repeat, and ratios are only taken within one run.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minigpt_jax import sample
+from minigpt_jax.model import ModelConfig, make_model
+
+METHODS = ("cached chunked", "cached exact", "recompute (nanoGPT-style)")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
+def _recompute(params, tokens_NxL, prompt_len, rng, sample_ids_N, temperature, top_k, top_p, *,
+               cfg, max_new_tokens):  # fmt: skip
+    model = make_model(cfg)
+    W = cfg.block_size
+    G = max(1, W // 8)  # context lengths are rounded up to a multiple of G
+    row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(rng, sample_ids_N)
+
+    def forward(T, tokens_NxL, length):
+        # nanoGPT: crop to the last block_size tokens, forward, keep the last position.
+        start = jnp.maximum(length - W, 0)
+        ctx_NxT = jax.lax.dynamic_slice_in_dim(tokens_NxL, start, T, axis=1)
+        logits_NxTxV = model.apply({"params": params}, ctx_NxT)
+        return jax.lax.dynamic_index_in_dim(logits_NxTxV, length - 1 - start, 1, False)
+
+    # One branch per context length G, 2G, ..., W: each step does about the work nanoGPT's
+    # forward over min(length, W) tokens does, not always a full window.
+    branches = [functools.partial(forward, min(T, W)) for T in range(G, W + G, G)]
+
+    def step(tokens_NxL, i):
+        length = prompt_len + i
+        branch = (jnp.minimum(length, W) - 1) // G
+        logits_NxV = jax.lax.switch(branch, branches, tokens_NxL, length)
+        keys_N = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, i)
+        next_N = sample.sample_token(logits_NxV, keys_N, temperature, top_k, top_p)
+        tokens_NxL = jax.lax.dynamic_update_slice_in_dim(
+            tokens_NxL, next_N[:, None].astype(tokens_NxL.dtype), length, axis=1
+        )
+        return tokens_NxL, None
+
+    return jax.lax.scan(step, tokens_NxL, jnp.arange(max_new_tokens))[0]
+
+
+def recompute_generate(
+    params: Any,
+    cfg: ModelConfig,
+    prompt: Sequence[int] | np.ndarray,
+    rng: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+) -> np.ndarray:
+    """The uncached baseline: one jitted scan, each token a forward over its cropped context.
+
+    Same keys as sample.generate, so it samples what window='exact' samples.
+    """
+    prompt = np.asarray(prompt, np.int32)
+    P = len(prompt)
+    # The padded tail holds at least one full window; causal masking ignores the padding.
+    tokens_NxL = np.zeros((num_samples, max(P + max_new_tokens, cfg.block_size)), np.int32)
+    tokens_NxL[:, :P] = prompt
+    out = _recompute(
+        params,
+        jnp.asarray(tokens_NxL),
+        jnp.int32(P),
+        rng,
+        jnp.arange(num_samples, dtype=jnp.int32),
+        jnp.float32(temperature),
+        jnp.int32(top_k or 0),
+        jnp.float32(top_p),
+        cfg=cfg,
+        max_new_tokens=max_new_tokens,
+    )
+    return np.asarray(out)[:, : P + max_new_tokens]
+
+
+def model_config(config: Any | None) -> ModelConfig:
+    """The model section of a config (vocab 65 when the data sets it); nanoGPT's by default."""
+    if config is None:
+        return ModelConfig()
+    fields = dict(config["model"])
+    if fields.get("vocab_size") is None:
+        fields["vocab_size"] = 65  # Tiny Shakespeare's
+    return ModelConfig.from_dict(fields)
+
+
+def _timed(run, n: int) -> float:
+    t0 = time.perf_counter()
+    run(n)  # generate returns host arrays: the time includes the device work
+    return time.perf_counter() - t0
+
+
+def run_sample(
+    cfg: ModelConfig,
+    *,
+    lengths: Sequence[int] = (500, 2000),
+    repeats: int = 3,
+    num_samples: int = 1,
+    out: TextIO = sys.stdout,
+) -> list[dict]:
+    """Times each method at each length (random init, a one-token prompt) and prints a table."""
+    params = nn.unbox(
+        make_model(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.block_size), jnp.int32))
+    )["params"]
+    prompt, rng = np.zeros(1, np.int32), jax.random.key(0)
+    kw = dict(temperature=1.0, top_k=None, num_samples=num_samples)
+    runs = {
+        METHODS[0]: lambda n: sample.generate(params, cfg, prompt, rng, max_new_tokens=n,
+                                              window="chunked", **kw),
+        METHODS[1]: lambda n: sample.generate(params, cfg, prompt, rng, max_new_tokens=n,
+                                              window="exact", **kw),
+        METHODS[2]: lambda n: recompute_generate(params, cfg, prompt, rng, max_new_tokens=n, **kw),
+    }  # fmt: skip
+    print(_machine(cfg, num_samples), file=out, flush=True)
+    rows = []
+    for n in lengths:
+        compile_s = {m: _timed(run, n) for m, run in runs.items()}
+        times = {m: [] for m in runs}
+        for r in range(repeats):  # methods take turns, so a burst of load hits them all
+            for m, run in runs.items():
+                times[m].append(_timed(run, n))
+            print(f"  {n} new tokens: repeat {r + 1}/{repeats} done", file=out, flush=True)
+        ref = statistics.median(times[METHODS[2]])
+        for m in runs:
+            med = statistics.median(times[m])
+            rows.append(
+                dict(new_tokens=n, method=m, tok_s=num_samples * n / med, seconds=med,
+                     spread=(min(times[m]), max(times[m])), first_call_s=compile_s[m],
+                     speedup=ref / med)
+            )  # fmt: skip
+    print(table(rows), file=out)
+    if importlib.util.find_spec("torch") is None:
+        print(
+            "PyTorch comparison skipped: torch is not installed (pip install -e '.[torch]'); "
+            "a later issue adds the torch baseline.",
+            file=out,
+        )
+    else:
+        print("PyTorch comparison skipped: the torch baseline is not written yet.", file=out)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| new tokens | method | tokens/s (median) | seconds: median (min-max) | first call s "
+        "| x recompute |",
+        "|---:|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        lo, hi = r["spread"]
+        lines.append(
+            f"| {r['new_tokens']} | {r['method']} | {r['tok_s']:.1f} | "
+            f"{r['seconds']:.2f} ({lo:.2f}-{hi:.2f}) | {r['first_call_s']:.1f} | "
+            f"{r['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _machine(cfg: ModelConfig, num_samples: int) -> str:
+    return (
+        f"bench sample: {cfg.n_layer}/{cfg.n_head}/{cfg.n_embd} block {cfg.block_size} "
+        f"vocab {cfg.vocab_size} ({cfg.dtype}), {num_samples} row(s), random init; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}"
+    )

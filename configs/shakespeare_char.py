@@ -40,6 +40,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.model.ln_eps = 1e-5
     c.model.dtype = "float32"  # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
     c.model.arch = "gpt"  # 'gpt' | 'bigram'
+    c.model.attention = "xla"  # 'xla' | 'cudnn' (GPU, bf16) | 'pallas' (TPU); falls back to xla
 
     c.opt = config_dict.ConfigDict()
     c.opt.schedule = "nanogpt"  # 'nanogpt' (warmup + cosine) | 'constant' | 'mingpt' (tokens)

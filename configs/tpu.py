@@ -68,6 +68,7 @@ def get_config(arg: str = "char") -> config_dict.ConfigDict:
         c.train.update(eval_interval=1000, eval_iters=20, ckpt_interval=1000, log_interval=10)
         # FSDP shards params and Adam moments over every chip; the batch still splits over all.
         c.mesh.update(data=1, fsdp=-1, tensor=1)
+        c.model.attention = "pallas"  # flash attention on TPU; block 1024 divides by 128
     elif arg == "smoke":
         c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
         c.model.dtype = "float32"  # the CPU path, as in every other CPU test

@@ -20,7 +20,10 @@ own position, so a row may sit at any position. Without a cache the forward is t
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -34,6 +37,9 @@ ACTIVATIONS = {
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ARCHS = ("gpt", "bigram")
+# 'xla': einsum attention, every backend; 'cudnn': cuDNN flash attention (GPU, bf16/fp16);
+# 'pallas': Pallas flash attention (TPU). A kernel that cannot run falls back to 'xla', logged.
+ATTENTIONS = ("xla", "cudnn", "pallas")
 # Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
@@ -54,6 +60,7 @@ class ModelConfig:
     ln_eps: float = 1e-5  # torch's default; flax's own default is 1e-6
     dtype: str = "float32"  # compute dtype; params stay fp32, logits are always fp32
     arch: str = "gpt"  # 'gpt' | 'bigram' (an embedding table straight to logits)
+    attention: str = "xla"  # 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -74,6 +81,10 @@ class ModelConfig:
         if self.dtype not in DTYPES:
             raise ValueError(
                 f"ModelConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"
+            )
+        if self.attention not in ATTENTIONS:
+            raise ValueError(
+                f"ModelConfig.attention must be one of {list(ATTENTIONS)}, got {self.attention!r}"
             )
         if self.arch not in ARCHS:
             raise ValueError(f"ModelConfig.arch must be one of {list(ARCHS)}, got {self.arch!r}")
@@ -142,6 +153,60 @@ def _proj_std(cfg: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * cfg.n_layer)
 
 
+def _xla_attention(
+    q_BxTxHxD: jax.Array,
+    k_BxSxHxD: jax.Array,
+    v_BxSxHxD: jax.Array,
+    mask_BxTxS: jax.Array,
+    dropout: Callable[[jax.Array], jax.Array],
+    dtype: Any,
+) -> jax.Array:
+    # Scores and softmax in fp32 whatever the compute dtype.
+    att_BxHxTxS = jnp.einsum(
+        "bqhd,bkhd->bhqk", q_BxTxHxD, k_BxSxHxD, preferred_element_type=jnp.float32
+    ) / math.sqrt(q_BxTxHxD.shape[-1])
+    att_BxHxTxS = jnp.where(mask_BxTxS[:, None], att_BxHxTxS, -jnp.inf)
+    att_BxHxTxS = dropout(jax.nn.softmax(att_BxHxTxS, axis=-1))
+    return jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxS.astype(dtype), v_BxSxHxD)
+
+
+def _flash_attention(
+    cfg: ModelConfig,
+    q_BxTxHxD: jax.Array,
+    k_BxTxHxD: jax.Array,
+    v_BxTxHxD: jax.Array,
+    deterministic: bool,
+) -> jax.Array | None:
+    """Causal attention by cfg.attention's kernel, or None for the XLA path. A kernel that
+    cannot run here says why (logged), rather than failing or silently changing."""
+    if cfg.attention == "xla":
+        return None
+    backend, T, D = jax.default_backend(), q_BxTxHxD.shape[1], q_BxTxHxD.shape[-1]
+    reason = None
+    if cfg.dropout > 0 and not deterministic:
+        reason = "attention dropout runs on the XLA path only"
+    elif cfg.attention == "cudnn" and backend != "gpu":
+        reason = f"cuDNN needs a GPU, this backend is {backend}"
+    elif cfg.attention == "cudnn" and cfg.dtype == "float32":
+        reason = "cuDNN flash attention needs dtype bfloat16 or float16"
+    elif cfg.attention == "pallas" and backend != "tpu":
+        reason = f"Pallas flash attention needs a TPU, this backend is {backend}"
+    elif cfg.attention == "pallas" and T % 128:
+        reason = f"Pallas flash attention needs a length divisible by 128, got {T}"
+    if reason:  # logged when traced: once per compiled program, not per step
+        logging.warning("attention=%s falls back to xla: %s", cfg.attention, reason)
+        return None
+    scale = 1.0 / math.sqrt(D)
+    if cfg.attention == "cudnn":
+        return jax.nn.dot_product_attention(
+            q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, scale=scale, is_causal=True, implementation="cudnn"
+        )
+    from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention
+
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q_BxTxHxD, k_BxTxHxD, v_BxTxHxD))  # B H T D
+    return flash_attention(q, k, v, causal=True, sm_scale=scale).transpose(0, 2, 1, 3)
+
+
 class CausalSelfAttention(nn.Module):
     cfg: ModelConfig
 
@@ -173,14 +238,12 @@ class CausalSelfAttention(nn.Module):
             # Slots past a token's position hold stale or padding entries: never attended.
             S = k_BxSxHxD.shape[1]
             mask_BxTxS = jnp.arange(S)[None, None, :] <= pos_BxT[:, :, None]
-        # Scores and softmax in fp32 whatever the compute dtype.
-        att_BxHxTxS = jnp.einsum(
-            "bqhd,bkhd->bhqk", q_BxTxHxD, k_BxSxHxD, preferred_element_type=jnp.float32
-        ) / math.sqrt(D)
-        att_BxHxTxS = jnp.where(mask_BxTxS[:, None], att_BxHxTxS, -jnp.inf)
-        att_BxHxTxS = jax.nn.softmax(att_BxHxTxS, axis=-1)
-        att_BxHxTxS = nn.Dropout(cfg.dropout)(att_BxHxTxS, deterministic=deterministic)
-        y_BxTxHxD = jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxS.astype(dt), v_BxSxHxD)
+        y_BxTxHxD = None
+        if kv is None:  # decoding attends over cache slots: always the XLA kernel
+            y_BxTxHxD = _flash_attention(cfg, q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, deterministic)
+        if y_BxTxHxD is None:
+            dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
+            y_BxTxHxD = _xla_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, dt)
         y_BxTxC = y_BxTxHxD.reshape(B, T, C)
         y_BxTxC = Linear(C, ("heads", "embed"), _proj_std(cfg), cfg.bias, dt, name="c_proj")(
             y_BxTxC

@@ -134,6 +134,7 @@ def test_bigram_is_a_table_of_next_token_logits():
         ({"dtype": "float8"}, "dtype"),
         ({"dropout": 1.0}, "dropout"),
         ({"arch": "rnn"}, "arch"),
+        ({"attention": "flash"}, "attention"),
     ],
 )
 def test_invalid_config_names_the_field(change, field):
@@ -145,3 +146,15 @@ def test_longer_than_block_size_is_rejected(tiny):
     cfg, model, params = tiny
     with pytest.raises(ValueError, match="block_size"):
         model.apply({"params": params}, jnp.zeros((1, cfg.block_size + 1), jnp.int32))
+
+
+@pytest.mark.parametrize("attention", ["cudnn", "pallas"])
+def test_unavailable_attention_kernel_falls_back_to_xla_and_says_so(tiny, attention, caplog):
+    """On this CPU neither kernel can run: the output is the XLA path's, and a warning says why."""
+    cfg, model, params = tiny
+    x = jax.random.randint(jax.random.key(4), (2, cfg.block_size), 0, cfg.vocab_size)
+    fast = dataclasses.replace(cfg, attention=attention)
+    with caplog.at_level("WARNING"):
+        out = make_model(fast).apply({"params": params}, x)
+    np.testing.assert_array_equal(out, model.apply({"params": params}, x))
+    assert f"attention={attention} falls back to xla" in caplog.text

@@ -21,6 +21,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from minigpt_jax.data import META_FILE, atomic_write_bytes
 from minigpt_jax.errors import UsageError
+from minigpt_jax.model import ModelConfig
 
 CONFIG_FILE = "config.json"
 CKPT_DIR = "checkpoints"
@@ -177,6 +178,15 @@ def read_run_files(workdir: str | pathlib.Path) -> tuple[dict, dict]:
         return tuple(json.loads(p.read_text()) for p in paths)
     except (OSError, json.JSONDecodeError) as e:
         raise UsageError(f"{workdir} holds an unreadable run file ({e}); retrain it") from None
+
+
+def read_run(workdir: str | pathlib.Path) -> tuple[dict, dict, ModelConfig]:
+    """(config, meta, ModelConfig) of a training run's workdir, for eval and sample."""
+    config, meta = read_run_files(workdir)
+    try:
+        return config, meta, ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{workdir}/config.json has a bad model section: {e}") from None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from ml_collections import config_dict
 
 from minigpt_jax import checkpoint, data, sharding
 from minigpt_jax.errors import UsageError
-from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax.model import make_model
 
 EVAL_TRAIN_STREAM, EVAL_VAL_STREAM = 1, 2  # batch streams of the config seed (train uses 0)
 
@@ -107,12 +107,8 @@ def evaluate_checkpoint(
     workdir: str | pathlib.Path, step_spec: str = "latest", data_dir: str | None = None
 ) -> tuple[int, dict[str, float]]:
     """`minigpt eval`: a run's checkpoint (best | latest | N) on its data; (step, results)."""
-    config, meta = checkpoint.read_run_files(workdir)
+    config, meta, model_cfg = checkpoint.read_run(workdir)
     cfg = config_dict.ConfigDict(config)
-    try:
-        model_cfg = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{workdir}/config.json has a bad model section: {e}") from None
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     steps = ckpt.steps()
     if not steps:

@@ -339,13 +339,9 @@ def sample_run(
     """
     from minigpt_jax import checkpoint, data  # here, so generate() alone never loads orbax
 
-    config, meta = checkpoint.read_run_files(workdir)
+    _, meta, cfg = checkpoint.read_run(workdir)
     tokenizer = data.CharTokenizer.from_json(meta)
     ids = tokenizer.encode(prompt)  # names any character outside the vocabulary
-    try:
-        cfg = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{workdir}/config.json has a bad model section: {e}") from None
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     step = ckpt.latest_step()
     if step is None:

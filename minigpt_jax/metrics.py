@@ -138,3 +138,54 @@ def plot_losses(workdir: str | pathlib.Path) -> pathlib.Path | None:
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def write_summary(
+    workdir: str | pathlib.Path, *, params: dict, tokens_per_step: int, wall_s: float
+) -> dict:
+    """workdir/summary.json: the run at a glance, derived from metrics.jsonl and the machine."""
+    import platform
+    import statistics
+    import subprocess
+
+    import flax
+    import jax
+
+    records = read_metrics(workdir)
+    evals = [r for r in records if r["kind"] == "eval"]
+    trains = [r for r in records if r["kind"] == "train"]
+    best = min(evals, key=lambda r: r["val_loss"]) if evals else {}
+    last = evals[-1] if evals else {}
+    step = max((r["step"] for r in records), default=0)
+    try:  # the code's version, when it runs from a git checkout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=pathlib.Path(__file__).parent,
+        ).stdout.strip() or None  # fmt: skip
+    except OSError:
+        commit = None
+    summary = {
+        "step": step,
+        "tokens_seen": step * tokens_per_step,
+        "best_val_loss": best.get("val_loss"),
+        "best_step": best.get("step"),
+        "final_val_loss": last.get("val_loss"),
+        "final_val_loss_full": last.get("val_loss_full"),
+        "final_val_bpc": last.get("val_bpc"),
+        # The first logged interval includes compilation; the median leaves it out.
+        "median_ms_per_iter": statistics.median(r["ms_per_iter"] for r in trains[1:])
+        if len(trains) > 1
+        else None,
+        "wall_s": wall_s,  # this process, start-up and evals included (not summed over resumes)
+        "params": params,
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "host": platform.node(),
+        "versions": {"jax": jax.__version__, "flax": flax.__version__},
+        "git_commit": commit,
+    }
+    atomic_write_bytes(pathlib.Path(workdir) / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
+    return summary

@@ -191,6 +191,7 @@ def train_and_evaluate(
     eval metrics plus 'step' and 'stopped_by' (a signal name, or None when it ran to the end)."""
     if "://" in str(workdir):
         raise UsageError(f"--workdir {workdir}: only local or shared-filesystem paths work so far")
+    started = time.perf_counter()
     workdir = pathlib.Path(workdir)
     _check_train_config(cfg)
     sharding.initialize_distributed(cfg.dist)  # before anything touches a device
@@ -323,6 +324,11 @@ def train_and_evaluate(
             ckpt.close()
     if is_main:
         metrics.plot_losses(workdir)
+        params = {"nanogpt_count": nano, "total": total}
+        wall_s = time.perf_counter() - started
+        metrics.write_summary(
+            workdir, params=params, tokens_per_step=tokens_per_step, wall_s=wall_s
+        )
     return results
 
 

@@ -53,6 +53,11 @@ def test_smoke_pipeline_learns_below_unigram_entropy(smoke_run):
     assert final["val_bpc"] == pytest.approx(final["val_loss_full"] / math.log(2))
     for key in ("loss", "lr", "grad_norm", "ms_per_iter", "tokens_per_s"):
         assert key in trains[-1]
+    summary = json.loads((smoke_run / "run/summary.json").read_text())
+    assert summary["step"] == 150 and summary["tokens_seen"] == 150 * 16 * 32
+    assert summary["final_val_loss_full"] == final["val_loss_full"]
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in evals)
+    assert summary["params"]["total"] == 27_840 and summary["median_ms_per_iter"] > 0
     for name in ("config.json", "meta.json", "loss.png", "checkpoints/150"):
         assert (smoke_run / "run" / name).exists(), name
     assert list((smoke_run / "run/tb").glob("events.out.tfevents.*"))

@@ -114,7 +114,7 @@ def _prepare(FLAGS: flags.FlagValues) -> None:
     )
 
 
-def _train(FLAGS: flags.FlagValues) -> None:
+def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     from minigpt_jax import train
     from minigpt_jax.errors import UsageError
 
@@ -124,7 +124,7 @@ def _train(FLAGS: flags.FlagValues) -> None:
     _enable_compilation_cache()
     results = train.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     if results["stopped_by"]:
-        again = " ".join(a for a in sys.argv[1:] if a != "--overwrite") or "train ..."
+        again = " ".join(a for a in argv if a != "--overwrite")
         print(
             f"stopped by {results['stopped_by']} at step {results['step']} with a checkpoint; "
             f"resume with: minigpt {again}"
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     from minigpt_jax.errors import RunStopped, UsageError
 
     run, rest = COMMANDS[command], argv[2:]
+    if command == "train":  # the resume hint repeats this very command line
+        run = functools.partial(_train, argv=argv[1:])
     if command == "bench":  # `minigpt bench WHAT [--flags]`
         what = rest[0] if rest else None
         if what not in BENCHMARKS:

@@ -137,28 +137,9 @@ def test_adamw_steps_match_torch_semantics():
     for grads in grads_seq:
         updates, state = tx.update(grads, state, p)
         p = jax.tree.map(lambda a, u: a + u, p, updates)
-    ref = adamw_reference(
-        params,
-        grads_seq,
-        lr=0.1,
-        b1=0.9,
-        b2=0.99,
-        eps=1e-8,
-        wd=0.5,
-        clip=1.0,
-        decay={"w": True, "b": False},
-    )
+    hyper = dict(lr=0.1, b1=0.9, b2=0.99, eps=1e-8, wd=0.5, decay={"w": True, "b": False})
+    ref = adamw_reference(params, grads_seq, clip=1.0, **hyper)
     for k in params:
         np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
-    unclipped = adamw_reference(
-        params,
-        grads_seq,
-        lr=0.1,
-        b1=0.9,
-        b2=0.99,
-        eps=1e-8,
-        wd=0.5,
-        clip=1e9,
-        decay={"w": True, "b": False},
-    )
+    unclipped = adamw_reference(params, grads_seq, clip=1e9, **hyper)
     assert not np.allclose(ref["w"], unclipped["w"], atol=1e-4)  # the test can tell

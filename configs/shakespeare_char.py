@@ -33,17 +33,27 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.model.n_layer = 6
     c.model.n_head = 6
     c.model.n_embd = 384
-    c.model.dropout = 0.2
+    c.model.dropout = 0.2  # embeddings, residual branches and attention weights
+    c.model.attn_dropout = config_dict.placeholder(float)  # unset: the same as dropout
     c.model.bias = False  # no biases in Linears and LayerNorms: a bit better and faster
+    # Per place, unset follows model.bias: q/k/v, attention output, MLP, LayerNorms.
+    c.model.bias_qkv = config_dict.placeholder(bool)
+    c.model.bias_attn_proj = config_dict.placeholder(bool)
+    c.model.bias_mlp = config_dict.placeholder(bool)
+    c.model.bias_ln = config_dict.placeholder(bool)
+    c.model.bias_head = False  # lm_head bias; untied heads only
     c.model.tie_embeddings = True  # lm_head shares wte, as in GPT-2
     c.model.activation = "gelu"  # exact erf GELU: torch.nn.GELU()
     c.model.ln_eps = 1e-5
     c.model.dtype = "float32"  # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
     c.model.arch = "gpt"  # 'gpt' | 'bigram'
     c.model.attention = "xla"  # 'xla' | 'cudnn' (GPU, bf16) | 'pallas' (TPU); falls back to xla
+    c.model.init = "nanogpt"  # N(0, 0.02), c_proj 0.02/sqrt(2*n_layer) | 'normal': no scaling
+    c.model.wpe_init = "normal"  # 'normal' N(0, 0.02) | 'zeros' (early minGPT)
 
     c.opt = config_dict.ConfigDict()
-    c.opt.schedule = "nanogpt"  # 'nanogpt' (warmup + cosine) | 'constant' | 'mingpt' (tokens)
+    # 'nanogpt' (warmup + cosine) | 'warmup_cosine' (warmup from lr 0) | 'constant' | 'mingpt'
+    c.opt.schedule = "nanogpt"
     c.opt.lr = 1e-3  # with a baby network it can afford to go a bit higher
     c.opt.min_lr = 1e-4  # ~ lr / 10, per Chinchilla
     c.opt.warmup_iters = 100
@@ -54,7 +64,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.opt.b2 = 0.99  # a bit larger than GPT-2's 0.95: few tokens per iteration
     c.opt.eps = 1e-8
     c.opt.weight_decay = 0.1
-    c.opt.decay_mask = "ndim"  # 'ndim': every tensor with ndim >= 2 (nanoGPT) | 'linear' (minGPT)
+    # 'ndim': every tensor with ndim >= 2 (nanoGPT) | 'linear': Linear kernels (minGPT) | 'all'
+    c.opt.decay_mask = "ndim"
     c.opt.grad_clip = 1.0  # global norm; 0 disables
 
     c.train = config_dict.ConfigDict()

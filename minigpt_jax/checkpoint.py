@@ -6,6 +6,7 @@ tokenizer), so any step is self-describing. config.json and meta.json sit beside
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -36,6 +37,11 @@ FIXED_ON_RESUME = (
     "model.n_head",
     "model.n_embd",
     "model.bias",
+    "model.bias_qkv",
+    "model.bias_attn_proj",
+    "model.bias_mlp",
+    "model.bias_ln",
+    "model.bias_head",
     "model.tie_embeddings",
     "model.arch",
     "train.batch_size",
@@ -200,6 +206,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(refused, allowed) differences between a run's saved config and a resume's config."""
     a, b = _flatten(old), _flatten(new)
+    # A run saved before a model field existed ran with that field's default.
+    defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)}
+    a = {**{k: v for k, v in defaults.items() if k in b and k not in a}, **a}
     refused, allowed = [], []
     for key in sorted(a.keys() | b.keys()):
         if a.get(key) != b.get(key):

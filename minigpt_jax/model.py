@@ -40,6 +40,11 @@ ARCHS = ("gpt", "bigram")
 # 'xla': einsum attention, every backend; 'cudnn': cuDNN flash attention (GPU, bf16/fp16);
 # 'pallas': Pallas flash attention (TPU). A kernel that cannot run falls back to 'xla', logged.
 ATTENTIONS = ("xla", "cudnn", "pallas")
+# 'nanogpt': N(0, 0.02), residual projections (c_proj) N(0, 0.02/sqrt(2*n_layer)), GPT-2's scheme;
+# 'normal': N(0, 0.02) everywhere (the lecture's and the early minGPT's _init_weights).
+INITS = ("nanogpt", "normal")
+WPE_INITS = ("normal", "zeros")  # 'zeros': the early minGPT's nn.Parameter(torch.zeros(...))
+BIAS_PLACES = ("bias_qkv", "bias_attn_proj", "bias_mlp", "bias_ln")
 # Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
@@ -53,14 +58,23 @@ class ModelConfig:
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
-    dropout: float = 0.0
+    dropout: float = 0.0  # on embeddings, residual branches and (attn_dropout None) attention
+    attn_dropout: float | None = None  # on attention weights; None: the same as dropout
     bias: bool = False  # nanoGPT's flag: biases in Linears and LayerNorms
+    # Per place, None follows `bias`: q/k/v (c_attn), the attention's c_proj, the MLP, LayerNorms.
+    bias_qkv: bool | None = None
+    bias_attn_proj: bool | None = None
+    bias_mlp: bool | None = None
+    bias_ln: bool | None = None
+    bias_head: bool = False  # lm_head's bias (untied heads only); nanoGPT and minGPT: none
     tie_embeddings: bool = True  # lm_head shares wte (nanoGPT); minGPT unties it
     activation: str = "gelu"  # 'gelu' (exact erf) | 'gelu_tanh' | 'relu'
     ln_eps: float = 1e-5  # torch's default; flax's own default is 1e-6
     dtype: str = "float32"  # compute dtype; params stay fp32, logits are always fp32
     arch: str = "gpt"  # 'gpt' | 'bigram' (an embedding table straight to logits)
     attention: str = "xla"  # 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
+    init: str = "nanogpt"  # 'nanogpt' (scaled residual projections) | 'normal'
+    wpe_init: str = "normal"  # 'normal' N(0, 0.02) | 'zeros'
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -71,8 +85,22 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {value}")
+        for name in ("bias", "tie_embeddings", "bias_head", *BIAS_PLACES):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name in BIAS_PLACES):
+                raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r}")
+        if self.bias_head and self.tie_embeddings:
+            raise ValueError("ModelConfig.bias_head needs an untied head: set tie_embeddings=False")
+        if self.init not in INITS:
+            raise ValueError(f"ModelConfig.init must be one of {list(INITS)}, got {self.init!r}")
+        if self.wpe_init not in WPE_INITS:
+            raise ValueError(
+                f"ModelConfig.wpe_init must be one of {list(WPE_INITS)}, got {self.wpe_init!r}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"ModelConfig.activation must be one of {sorted(ACTIVATIONS)}, "
@@ -102,6 +130,15 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> Any:
         return DTYPES[self.dtype]
+
+    def has_bias(self, place: str) -> bool:
+        """Whether `place` ('qkv', 'attn_proj', 'mlp', 'ln') has biases."""
+        value = getattr(self, f"bias_{place}")
+        return self.bias if value is None else value
+
+    @property
+    def attn_pdrop(self) -> float:
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
 
 def _normal(std: float, axes: tuple[str, ...]) -> nn.initializers.Initializer:
@@ -139,7 +176,7 @@ class Linear(nn.Module):
 def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.ln_eps,
-        use_bias=cfg.bias,
+        use_bias=cfg.has_bias("ln"),
         use_fast_variance=False,  # two-pass variance, as torch computes it
         dtype=cfg.compute_dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
@@ -150,7 +187,7 @@ def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
 
 def _proj_std(cfg: ModelConfig) -> float:
     # nanoGPT: residual projections get std 0.02 / sqrt(2 * n_layer) (GPT-2 paper).
-    return 0.02 / math.sqrt(2 * cfg.n_layer)
+    return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.init == "nanogpt" else 0.02
 
 
 def _xla_attention(
@@ -183,7 +220,7 @@ def _flash_attention(
         return None
     backend, T, D = jax.default_backend(), q_BxTxHxD.shape[1], q_BxTxHxD.shape[-1]
     reason = None
-    if cfg.dropout > 0 and not deterministic:
+    if cfg.attn_pdrop > 0 and not deterministic:
         reason = "attention dropout runs on the XLA path only"
     elif cfg.attention == "cudnn" and backend != "gpu":
         reason = f"cuDNN needs a GPU, this backend is {backend}"
@@ -222,7 +259,9 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x_BxTxC.shape
         H, D = cfg.n_head, C // cfg.n_head
         dt = cfg.compute_dtype
-        qkv_BxTx3C = Linear(3 * C, ("embed", "qkv"), 0.02, cfg.bias, dt, name="c_attn")(x_BxTxC)
+        qkv_BxTx3C = Linear(3 * C, ("embed", "qkv"), 0.02, cfg.has_bias("qkv"), dt, name="c_attn")(
+            x_BxTxC
+        )
         q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (
             a.reshape(B, T, H, D) for a in jnp.split(qkv_BxTx3C, 3, axis=-1)
         )
@@ -242,12 +281,13 @@ class CausalSelfAttention(nn.Module):
         if kv is None:  # decoding attends over cache slots: always the XLA kernel
             y_BxTxHxD = _flash_attention(cfg, q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, deterministic)
         if y_BxTxHxD is None:
-            dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
+            dropout = functools.partial(nn.Dropout(cfg.attn_pdrop), deterministic=deterministic)
             y_BxTxHxD = _xla_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, dt)
         y_BxTxC = y_BxTxHxD.reshape(B, T, C)
-        y_BxTxC = Linear(C, ("heads", "embed"), _proj_std(cfg), cfg.bias, dt, name="c_proj")(
-            y_BxTxC
+        proj = Linear(
+            C, ("heads", "embed"), _proj_std(cfg), cfg.has_bias("attn_proj"), dt, name="c_proj"
         )
+        y_BxTxC = proj(y_BxTxC)
         return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic), kv
 
 
@@ -258,9 +298,12 @@ class MLP(nn.Module):
     def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         C, dt = x_BxTxC.shape[-1], cfg.compute_dtype
-        h_BxTxF = Linear(4 * C, ("embed", "mlp"), 0.02, cfg.bias, dt, name="c_fc")(x_BxTxC)
+        h_BxTxF = Linear(4 * C, ("embed", "mlp"), 0.02, cfg.has_bias("mlp"), dt, name="c_fc")(
+            x_BxTxC
+        )
         h_BxTxF = ACTIVATIONS[cfg.activation](h_BxTxF)
-        y_BxTxC = Linear(C, ("mlp", "embed"), _proj_std(cfg), cfg.bias, dt, name="c_proj")(h_BxTxF)
+        proj = Linear(C, ("mlp", "embed"), _proj_std(cfg), cfg.has_bias("mlp"), dt, name="c_proj")
+        y_BxTxC = proj(h_BxTxF)
         return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic)
 
 
@@ -304,7 +347,12 @@ class GPT(nn.Module):
         if T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
         wte_VxC = self.param("wte", _normal(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.n_embd))
-        wpe_TxC = self.param("wpe", _normal(0.02, ("pos", "embed")), (cfg.block_size, cfg.n_embd))
+        wpe_init = (
+            _normal(0.02, ("pos", "embed"))
+            if cfg.wpe_init == "normal"
+            else nn.with_logical_partitioning(nn.initializers.zeros, ("pos", "embed"))
+        )
+        wpe_TxC = self.param("wpe", wpe_init, (cfg.block_size, cfg.n_embd))
         if cache is None:
             x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + wpe_TxC[:T]
         else:
@@ -328,7 +376,7 @@ class GPT(nn.Module):
                 cfg.vocab_size,
                 ("embed", "vocab"),
                 0.02,
-                False,  # nanoGPT's and minGPT's lm_head never has a bias
+                cfg.bias_head,
                 cfg.compute_dtype,
                 out_dtype=jnp.float32,
                 name="lm_head",

@@ -1,4 +1,5 @@
-"""Learning-rate schedules (nanoGPT's, minGPT's token-based, constant) and AdamW."""
+"""Learning-rate schedules (nanoGPT's, minGPT's token-based, warmup-from-zero cosine, constant)
+and AdamW."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import optax
 
 from minigpt_jax.errors import UsageError
 
-SCHEDULES = ("nanogpt", "constant", "mingpt")
-DECAY_MASKS = ("ndim", "linear")
+SCHEDULES = ("nanogpt", "constant", "mingpt", "warmup_cosine")
+DECAY_MASKS = ("ndim", "linear", "all")
 
 
 def nanogpt_lr(it: jax.Array, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_iters: int):
@@ -22,6 +23,19 @@ def nanogpt_lr(it: jax.Array, *, lr: float, min_lr: float, warmup_iters: int, lr
     ratio = jnp.clip((it - warmup_iters) / max(lr_decay_iters - warmup_iters, 1), 0.0, 1.0)
     cosine = min_lr + 0.5 * (1.0 + jnp.cos(math.pi * ratio)) * (lr - min_lr)
     return jnp.where(it < warmup_iters, warm, jnp.where(it > lr_decay_iters, min_lr, cosine))
+
+
+def warmup_cosine_lr(
+    it: jax.Array, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_iters: int
+):
+    """lr * it / warmup_iters from zero (step 0 trains at lr 0), then cosine down to min_lr at
+    lr_decay_iters, then min_lr: the common hand-written loop, and optax's
+    warmup_cosine_decay_schedule(init_value=0)."""
+    it = jnp.asarray(it, jnp.float32)
+    warm = lr * it / max(warmup_iters, 1)
+    ratio = jnp.clip((it - warmup_iters) / max(lr_decay_iters - warmup_iters, 1), 0.0, 1.0)
+    cosine = min_lr + 0.5 * (1.0 + jnp.cos(math.pi * ratio)) * (lr - min_lr)
+    return jnp.where(it < warmup_iters, warm, cosine)
 
 
 def mingpt_lr(
@@ -41,13 +55,14 @@ def mingpt_lr(
 
 def make_schedule(opt: Any, tokens_per_step: int) -> optax.Schedule:
     """The lr as a function of the optimizer step, from the `opt` config section."""
-    if opt.schedule == "nanogpt":
+    if opt.schedule in ("nanogpt", "warmup_cosine"):
         if opt.lr_decay_iters < opt.warmup_iters:
             raise UsageError(
                 f"opt.lr_decay_iters={opt.lr_decay_iters} is below opt.warmup_iters="
                 f"{opt.warmup_iters}; make the decay end after the warmup"
             )
-        return lambda it: nanogpt_lr(
+        fn = nanogpt_lr if opt.schedule == "nanogpt" else warmup_cosine_lr
+        return lambda it: fn(
             it,
             lr=opt.lr,
             min_lr=opt.min_lr,
@@ -77,7 +92,10 @@ def decay_mask(kind: str):
 
     'ndim': every tensor with ndim >= 2, embeddings included (nanoGPT).
     'linear': Linear kernels only; no embeddings, LayerNorms or biases (minGPT).
+    'all': every parameter (torch.optim.AdamW(model.parameters()), as the lecture's loop).
     """
+    if kind == "all":
+        return lambda params: jax.tree.map(lambda p: True, params)
     if kind == "ndim":
         return lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     if kind == "linear":

@@ -236,3 +236,14 @@ def test_keeps_the_latest_k_and_the_best_n(tmp_path):
     assert ckpt.steps() == [20, 40, 50]  # best (20) and latest two; the newest is never dropped
     assert ckpt.best_step() == 20
     ckpt.close()
+
+
+def test_config_changes_fills_fields_a_run_predates_with_their_defaults():
+    old = {"model": {"n_layer": 2}, "train": {"max_iters": 10}}
+    new = {
+        "model": {"n_layer": 2, "bias_head": False, "bias_mlp": None},
+        "train": {"max_iters": 20},
+    }
+    assert checkpoint.config_changes(old, new) == ([], ["train.max_iters: 10 -> 20"])
+    refused, _ = checkpoint.config_changes(old, {**new, "model": {"n_layer": 2, "bias_mlp": True}})
+    assert refused == ["model.bias_mlp: None -> True"]

@@ -43,6 +43,62 @@ def test_bias_and_untied_head_add_their_params():
     assert shapes["h_0/ln_1/bias"] == (C,) and shapes["ln_f/bias"] == (C,)
 
 
+def test_bias_per_place_overrides_the_flag():
+    """The lecture's model: no q/k/v bias, biases in projections, MLP, LayerNorms and head."""
+    cfg = dataclasses.replace(TINY, bias=True, bias_qkv=False, tie_embeddings=False, bias_head=True)
+    shapes = _shapes(init_params(cfg)[1])
+    assert "h_0/attn/c_attn/bias" not in shapes
+    assert shapes["h_0/attn/c_proj/bias"] == (cfg.n_embd,)
+    assert shapes["lm_head/bias"] == (cfg.vocab_size,)
+    # day20's: biases in the MLP only (and LayerNorms), none in attention or head
+    cfg = dataclasses.replace(TINY, bias=False, bias_mlp=True, bias_ln=True)
+    biased = {k for k in _shapes(init_params(cfg)[1]) if k.endswith("/bias")}
+    assert biased == {
+        *(f"h_{i}/{m}/bias" for i in range(cfg.n_layer) for m in ("mlp/c_fc", "mlp/c_proj")),
+        *(f"h_{i}/{n}/bias" for i in range(cfg.n_layer) for n in ("ln_1", "ln_2")),
+        "ln_f/bias",
+    }
+
+
+def test_head_bias_shifts_logits():
+    cfg = dataclasses.replace(TINY, tie_embeddings=False, bias_head=True)
+    model, params = init_params(cfg)
+    x = jnp.array([[1, 2, 3]])
+    shift = jnp.arange(cfg.vocab_size, dtype=jnp.float32)
+    moved = {**params, "lm_head": {**params["lm_head"], "bias": shift}}
+    delta = model.apply({"params": moved}, x) - model.apply({"params": params}, x)
+    np.testing.assert_allclose(delta, jnp.broadcast_to(shift, delta.shape), atol=1e-5)
+
+
+def test_normal_init_and_zero_wpe():
+    cfg = ModelConfig(
+        vocab_size=64, block_size=64, n_layer=8, n_head=4, n_embd=256, init="normal",
+        wpe_init="zeros",
+    )  # fmt: skip
+    params = init_params(cfg)[1]
+    assert np.std(params["h_3"]["mlp"]["c_proj"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["h_3"]["attn"]["c_proj"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    np.testing.assert_array_equal(params["wpe"], 0.0)
+
+
+def test_attention_dropout_is_its_own_switch():
+    """attn_dropout alone changes training outputs; dropout with attn_dropout=0 differs from
+    dropout everywhere, so the attention weights are (or are not) dropped."""
+    x = jax.random.randint(jax.random.key(5), (2, TINY.block_size), 0, TINY.vocab_size)
+    model, params = init_params(TINY)
+
+    def run(**kw):
+        cfg = dataclasses.replace(TINY, **kw)
+        return make_model(cfg).apply(
+            {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}
+        )
+
+    base = model.apply({"params": params}, x)
+    np.testing.assert_array_equal(run(dropout=0.0, attn_dropout=0.0), base)
+    assert not np.allclose(run(dropout=0.0, attn_dropout=0.5), base)
+    assert not np.allclose(run(dropout=0.3), run(dropout=0.3, attn_dropout=0.0))
+
+
 def test_nanogpt_preset_param_count():
     cfg = ModelConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)
     model = make_model(cfg)
@@ -135,6 +191,11 @@ def test_bigram_is_a_table_of_next_token_logits():
         ({"dropout": 1.0}, "dropout"),
         ({"arch": "rnn"}, "arch"),
         ({"attention": "flash"}, "attention"),
+        ({"attn_dropout": -0.1}, "attn_dropout"),
+        ({"init": "xavier"}, "init"),
+        ({"wpe_init": "ones"}, "wpe_init"),
+        ({"bias_head": True}, "bias_head"),  # with the tied head
+        ({"bias_mlp": "yes"}, "bias_mlp"),
     ],
 )
 def test_invalid_config_names_the_field(change, field):

@@ -3,6 +3,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from ml_collections import config_dict
 
@@ -75,6 +76,15 @@ def test_mingpt_schedule_matches_reference(it):
     assert float(s(it)) == pytest.approx(mingpt_lr_ref(it, 6e-4, 512, 5120, 51200), rel=1e-5)
 
 
+@pytest.mark.parametrize("it", [0, 1, 50, 99, 100, 101, 1000, 2999, 3000, 4000])
+def test_warmup_cosine_matches_optax_from_zero(it):
+    """lr*it/warmup from zero, cosine to min_lr: optax's schedule with init_value=0."""
+    opt = _opt(schedule="warmup_cosine", lr=3e-4, min_lr=3e-5, lr_decay_iters=3000)
+    ref = optax.warmup_cosine_decay_schedule(0.0, 3e-4, 100, 3000, end_value=3e-5)
+    s = optimizer.make_schedule(opt, tokens_per_step=1)
+    assert float(s(it)) == pytest.approx(float(ref(it)), rel=1e-5, abs=1e-12)
+
+
 def test_constant_schedule_and_bad_names():
     assert float(optimizer.make_schedule(_opt(schedule="constant"), 1)(123)) == pytest.approx(1e-3)
     with pytest.raises(UsageError, match="opt.schedule"):
@@ -101,6 +111,7 @@ def test_decay_masks():
     mingpt = optimizer.decay_mask("linear")(PARAMS)
     assert mingpt["h_0"]["attn"]["c_attn"]["kernel"] and mingpt["lm_head"]["kernel"]
     assert not mingpt["wte"] and not mingpt["wpe"] and not mingpt["h_0"]["ln_1"]["scale"]
+    assert all(jax.tree.leaves(optimizer.decay_mask("all")(PARAMS)))
 
 
 def adamw_reference(params, grads_seq, *, lr, b1, b2, eps, wd, clip, decay):

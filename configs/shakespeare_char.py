@@ -80,6 +80,12 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.init_from = "resume"  # 'resume' the workdir's newest checkpoint | 'scratch'
     c.train.skip_nonfinite = False  # False: stop at a non-finite loss; True: skip that update
 
+    c.sample = config_dict.ConfigDict()  # written to <workdir>/samples/ at every eval
+    c.sample.prompt = "\n"  # nanoGPT's sample.py starts from a newline
+    c.sample.max_new_tokens = 200  # 0: no samples at evals
+    c.sample.num_samples = 1
+    c.sample.settings = "temperature=0.8 top_k=200"  # nanoGPT's sample.py; ';' between several
+
     c.mesh = config_dict.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices
     c.mesh.fsdp = 1

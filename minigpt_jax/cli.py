@@ -130,10 +130,9 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
             f"resume with: minigpt {again}"
         )
         return
-    print(
-        f"done: val loss {results['val_loss']:.4f}, full val {results['val_loss_full']:.4f} "
-        f"({results['val_bpc']:.4f} bits/char); run in {FLAGS.workdir}"
-    )
+    from minigpt_jax.metrics import describe_eval
+
+    print(f"done: {describe_eval(results)}; run in {FLAGS.workdir}")
 
 
 def _eval(FLAGS: flags.FlagValues) -> None:
@@ -144,11 +143,10 @@ def _eval(FLAGS: flags.FlagValues) -> None:
         raise UsageError("--workdir is required: the directory of a `minigpt train` run")
     _enable_compilation_cache()
     data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
+    from minigpt_jax.metrics import describe_eval
+
     step, r = evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.step, data_dir)
-    print(
-        f"step {step}: full val loss {r['val_loss_full']:.4f} ({r['val_bpc']:.4f} bits/char); "
-        f"estimate_loss: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}"
-    )
+    print(f"step {step}: {describe_eval(r)}")
 
 
 def _load_config(FLAGS: flags.FlagValues):

@@ -5,6 +5,7 @@ Batches are pure functions of (seed, step), so a resumed run needs no iterator s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -131,15 +132,20 @@ def make_dir(path: pathlib.Path, flag: str) -> None:
         raise UsageError(f"cannot create {path} ({e.strerror}); pick another {flag}") from None
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def prepare(
     text: str, data_dir: str | os.PathLike, *, val_fraction: float = 0.1, block_size: int = 256
 ) -> dict:
     """Encodes text into data_dir/{train,val}.bin (uint16) and meta.json; nanoGPT's 90/10 split.
 
-    Both splits must hold at least block_size + 1 tokens, so one window fits. Returns the meta.
+    Both splits must hold at least block_size + 1 tokens, so one window fits; val_fraction 0
+    trains on the whole text with no val split (minGPT's notebook). Returns the meta.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if block_size < 1:
         raise UsageError(f"block_size must be positive, got {block_size}")
     tok = CharTokenizer.from_text(text)
@@ -149,7 +155,7 @@ def prepare(
     n_train = int(n * (1.0 - val_fraction))
     sizes = {"train": n_train, "val": n - n_train}
     for split, size in sizes.items():
-        if size < block_size + 1:
+        if size < block_size + 1 and (split == "train" or val_fraction > 0):
             raise UsageError(
                 f"the {split} split has {size} characters, fewer than block_size + 1 = "
                 f"{block_size + 1}; use a longer text or a smaller --block_size"
@@ -158,6 +164,8 @@ def prepare(
     make_dir(out, "--data_dir")
     ids = tok.encode(text)
     meta = {**tok.to_json(), "train_tokens": sizes["train"], "val_tokens": sizes["val"]}
+    # What it was prepared from, so a config naming another text or split is caught.
+    meta |= {"source_sha256": _sha256(text), "val_fraction": val_fraction}
     try:
         # meta.json marks a prepared dir: it goes first and comes back last, so an interrupted
         # re-prepare leaves a dir that reads as unprepared, never new bins beside an old meta.
@@ -190,6 +198,8 @@ def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
     path = pathlib.Path(data_dir) / f"{split}.bin"
     if not path.exists():
         raise UsageError(f"{path} not found; run `minigpt prepare --data_dir {data_dir}` first")
+    if split == "val" and path.stat().st_size == 0:  # prepared with val_fraction 0
+        return np.zeros(0, np.uint16)
     try:
         return np.memmap(path, dtype=np.uint16, mode="r")
     except (OSError, ValueError):
@@ -210,9 +220,17 @@ def load_prepared(
     if input_path and not (pathlib.Path(data_dir) / META_FILE).exists():
         prepare(read_text(input_path), data_dir, val_fraction=val_fraction, block_size=block_size)
     meta = load_meta(data_dir)
+    if input_path and "source_sha256" in meta:
+        same_text = meta["source_sha256"] == _sha256(read_text(input_path))
+        if not same_text or meta["val_fraction"] != val_fraction:
+            raise UsageError(
+                f"{data_dir} was prepared from another text or split than data.input={input_path}"
+                f" with val_fraction={val_fraction}; pass another --config.data.dir, or delete it"
+            )
     splits = {split: load_split(data_dir, split) for split in SPLITS}
-    for tokens in splits.values():
-        Batches(tokens, batch_size=1, block_size=block_size, seed=0)
+    for split, tokens in splits.items():
+        if split == "train" or len(tokens):  # an empty val split means: none
+            Batches(tokens, batch_size=1, block_size=block_size, seed=0)
     return meta, splits
 
 

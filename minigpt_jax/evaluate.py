@@ -1,4 +1,5 @@
-"""Evaluation: nanoGPT's estimate_loss, a full pass over the val split, and `minigpt eval`."""
+"""Evaluation: nanoGPT's estimate_loss, a full pass over the val split, samples at evals, and
+`minigpt eval`."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from minigpt_jax import checkpoint, data, sharding
+from minigpt_jax import checkpoint, data, sample, sharding
 from minigpt_jax.errors import UsageError
-from minigpt_jax.model import make_model
+from minigpt_jax.model import ModelConfig, make_model
 
 EVAL_TRAIN_STREAM, EVAL_VAL_STREAM = 1, 2  # batch streams of the config seed (train uses 0)
+SAMPLE_STREAM = 2  # a key stream of the config seed (init and dropout use 0 and 1)
 
 
 def token_losses(
@@ -66,9 +68,11 @@ def evaluate(
     put: Callable,
 ) -> dict[str, float]:
     """nanoGPT's estimate_loss (eval_iters random batches of each split, drawn from (seed, step))
-    and one deterministic pass over the whole val split (loss and bits per character)."""
+    and one deterministic pass over the whole val split (loss and bits per character). Data
+    without a val split gets the train estimate alone."""
     stacks = {}
-    for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM)):
+    has_val = len(splits["val"]) > 0
+    for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM))[: 1 + has_val]:
         batches = data.Batches(
             splits[split],
             batch_size=batch_size,
@@ -78,29 +82,37 @@ def evaluate(
         )
         x, y = (np.stack(a) for a in zip(*(batches.batch(i) for i in range(eval_iters))))
         stacks[split] = (x, y, np.ones(x.shape, np.float32))
-    x, y, w = data.eval_windows(splits["val"], block_size)
-    pad = -len(x) % batch_size  # whole batches; padded rows weigh 0
-    proc = process_slice()
-    rows = batch_size // proc["process_count"]
-    own = slice(proc["process_index"] * rows, (proc["process_index"] + 1) * rows)
-    stacks["full"] = tuple(
-        np.concatenate([a, np.zeros((pad, block_size), a.dtype)]).reshape(
-            -1, batch_size, block_size
-        )[:, own]  # this process's rows
-        for a in (x, y, w)
-    )
+    if has_val:
+        stacks["full"] = _full_val(splits["val"], batch_size, block_size)
     means = {}
     for name, arrays in stacks.items():
         # One evaluation at a time: independent multi-device programs in flight together can
         # deadlock XLA:CPU's collectives.
         loss_sum, weight = jax.device_get(eval_step(params, *put(arrays)))
         means[name] = float(loss_sum / weight)
+    if not has_val:
+        return {"train_loss": means["train"]}
     return {
         "train_loss": means["train"],
         "val_loss": means["val"],
         "val_loss_full": means["full"],
         "val_bpc": means["full"] / math.log(2),
     }
+
+
+def _full_val(val: np.ndarray, batch_size: int, block_size: int) -> tuple[np.ndarray, ...]:
+    """Every val prediction once, as whole batches of this process's rows (padding weighs 0)."""
+    x, y, w = data.eval_windows(val, block_size)
+    pad = -len(x) % batch_size  # whole batches; padded rows weigh 0
+    proc = process_slice()
+    rows = batch_size // proc["process_count"]
+    own = slice(proc["process_index"] * rows, (proc["process_index"] + 1) * rows)
+    return tuple(
+        np.concatenate([a, np.zeros((pad, block_size), a.dtype)]).reshape(
+            -1, batch_size, block_size
+        )[:, own]  # this process's rows
+        for a in (x, y, w)
+    )
 
 
 def evaluate_checkpoint(
@@ -150,3 +162,41 @@ def evaluate_checkpoint(
         )
     ckpt.close()
     return step, results
+
+
+def eval_sampler(cfg: Any, model_cfg: ModelConfig, meta: dict) -> Callable | None:
+    """(params, step) -> text: what the model writes at each eval, for each of cfg.sample's
+    settings ('temperature=0.8 top_k=200; temperature=0.5'), or None when sampling is off."""
+    s = cfg.sample
+    if s.max_new_tokens <= 0 or not s.settings.strip():
+        return None
+    tok = data.CharTokenizer.from_json(meta)
+    prompt = tok.encode(s.prompt)  # names a character outside the vocabulary
+    settings = []
+    for part in filter(None, (p.strip() for p in s.settings.split(";"))):
+        try:
+            kw = {k: float(v) for k, v in (item.split("=") for item in part.split())}
+            kw = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **kw}
+            kw["top_k"] = int(kw["top_k"]) or None
+            if set(kw) != {"temperature", "top_k", "top_p"}:
+                raise ValueError
+            sample._check([prompt], model_cfg, 1, **kw, num_samples=1, window="chunked")
+        except ValueError:
+            raise UsageError(
+                f"sample.settings: cannot read {part!r}; write e.g. 'temperature=0.8 top_k=200; "
+                "temperature=1.0 top_p=0.9' (temperature >= 0, top_k >= 1, 0 < top_p <= 1)"
+            ) from None
+        settings.append((part, kw))
+    rng = jax.random.fold_in(jax.random.key(cfg.train.seed), SAMPLE_STREAM)
+
+    def draw(params: Any, step: int) -> str:
+        texts = []
+        for part, kw in settings:
+            ids = sample.generate(
+                params, model_cfg, prompt, jax.random.fold_in(rng, step),
+                max_new_tokens=s.max_new_tokens, num_samples=s.num_samples, **kw,
+            )  # fmt: skip
+            texts += [f"# step {step}, {part}"] + [tok.decode(row) + "\n" for row in ids]
+        return "\n".join(texts)
+
+    return draw

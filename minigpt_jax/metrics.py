@@ -73,11 +73,17 @@ class MetricsWriter:
                     f"grad norm {values['grad_norm']:.3f}"
                 )
         else:
-            self.log(
-                f"step {step}: train loss {values['train_loss']:.4f}, "
-                f"val loss {values['val_loss']:.4f}, full val {values['val_loss_full']:.4f} "
-                f"({values['val_bpc']:.4f} bits/char)"
-            )
+            self.log(f"step {step}: {describe_eval(values)}")
+
+    def write_samples(self, step: int, text: str) -> None:
+        """workdir/samples/step_N.txt and a TensorBoard text entry: what the model writes now."""
+        if not self.enabled:
+            return
+        directory = self.path.parent / SAMPLES_DIR
+        directory.mkdir(exist_ok=True)
+        atomic_write_bytes(directory / f"step_{step:06d}.txt", text.encode())
+        # Markdown in TensorBoard: indent four spaces so the text shows verbatim.
+        self._tb.add_text("samples", "\n".join("    " + line for line in text.split("\n")), step)
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)
@@ -91,6 +97,20 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._tb.close()
+
+
+SAMPLES_DIR = "samples"
+
+
+def describe_eval(r: dict) -> str:
+    """One line for an eval's results; data without a val split has a train estimate only."""
+    line = f"train loss {r['train_loss']:.4f}"
+    if "val_loss" in r:
+        line += (
+            f", val loss {r['val_loss']:.4f}, full val {r['val_loss_full']:.4f} "
+            f"({r['val_bpc']:.4f} bits/char)"
+        )
+    return line
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
@@ -124,10 +144,9 @@ def plot_losses(workdir: str | pathlib.Path) -> pathlib.Path | None:
             [r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train (batch)"
         )
     for key in ("train_loss", "val_loss", "val_loss_full"):
-        if evals:
-            ax.plot(
-                [r["step"] for r in evals], [r[key] for r in evals], marker="o", ms=3, label=key
-            )
+        points = [(r["step"], r[key]) for r in evals if key in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=3, label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.grid(alpha=0.3)
@@ -157,7 +176,8 @@ def write_summary(
     records = read_metrics(workdir)
     evals = [r for r in records if r["kind"] == "eval"]
     trains = [r for r in records if r["kind"] == "train"]
-    best = min(evals, key=lambda r: r["val_loss"]) if evals else {}
+    scored = [r for r in evals if "val_loss" in r]
+    best = min(scored, key=lambda r: r["val_loss"]) if scored else {}
     last = evals[-1] if evals else {}
     step = max((r["step"] for r in records), default=0)
     try:  # the code's version, when it runs from a git checkout
@@ -172,6 +192,7 @@ def write_summary(
         "tokens_seen": step * tokens_per_step,
         "best_val_loss": best.get("val_loss"),
         "best_step": best.get("step"),
+        "final_train_loss": last.get("train_loss"),
         "final_val_loss": last.get("val_loss"),
         "final_val_loss_full": last.get("val_loss_full"),
         "final_val_bpc": last.get("val_bpc"),

@@ -21,8 +21,15 @@ import optax
 
 from minigpt_jax import checkpoint, data, metrics, optimizer, sharding
 from minigpt_jax.errors import RunStopped, UsageError
-from minigpt_jax.evaluate import evaluate, make_eval_step, process_slice, token_losses
+from minigpt_jax.evaluate import (
+    eval_sampler,
+    evaluate,
+    make_eval_step,
+    process_slice,
+    token_losses,
+)
 from minigpt_jax.model import ModelConfig, count_params, make_model
+from minigpt_jax.preemption import StopRequest, sync
 
 # Separate random streams derived from the one config seed (fold_in), so each is reproducible.
 INIT_STREAM, DROPOUT_STREAM = 0, 1
@@ -130,52 +137,6 @@ def _check_train_config(cfg: Any) -> None:
         raise UsageError(f"train.init_from must be 'resume' or 'scratch', got {t.init_from!r}")
 
 
-class StopRequest:
-    """SIGTERM / SIGINT ask the loop to stop after the current step, with a checkpoint.
-
-    A second Ctrl-C stops at once. With several processes, JAX's preemption service catches
-    SIGTERM and every process stops at the same step (reached_preemption_sync_point).
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-        self.multihost = jax.process_count() > 1
-        # Several processes: SIGTERM belongs to the preemption service, which agrees on a step.
-        for sig in (signal.SIGINT,) if self.multihost else (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay as they were
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def should_stop(self, step: int) -> bool:
-        if self.multihost:
-            from jax.experimental import multihost_utils
-
-            if multihost_utils.reached_preemption_sync_point(step):
-                self.signum = signal.SIGTERM
-                return True
-            return False
-        return self.signum is not None
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _sync(name: str) -> None:
-    """Waits for every process to reach this point (a no-op on one host)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def _discard_run(workdir: pathlib.Path) -> None:
     """--overwrite: the user asked to replace the run, so its files go."""
     shutil.rmtree(workdir / checkpoint.CKPT_DIR, ignore_errors=True)
@@ -203,6 +164,8 @@ def train_and_evaluate(
         val_fraction=cfg.data.val_fraction,
     )
     model_cfg = model_config(cfg, meta["vocab_size"])
+    # Samples at evals need the whole params on one host: single-process runs only, for now.
+    draw = eval_sampler(cfg, model_cfg, meta) if jax.process_count() == 1 else None
     t = cfg.train
     train_batches = data.Batches(
         splits["train"],
@@ -241,7 +204,7 @@ def train_and_evaluate(
                 ckpt.close()
                 if is_main:
                     _discard_run(workdir)
-                _sync("discarded")
+                sync("discarded")
                 ckpt = checkpoint.Checkpointer(workdir)
             with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
                 state, shardings, target = create_train_state(model, tx, model_cfg, mesh, t.seed)
@@ -311,6 +274,7 @@ def train_and_evaluate(
                         dropout_rng=jax.random.fold_in(jax.random.key(t.seed), DROPOUT_STREAM),
                         train_batch=train_batch,
                         run_eval=run_eval,
+                        draw=draw,
                         ckpt=ckpt,
                         writer=writer,
                         tokens_per_step=tokens_per_step,
@@ -340,6 +304,7 @@ def _loop(
     dropout_rng: jax.Array,
     train_batch: Callable,
     run_eval: Callable,
+    draw: Callable | None,
     ckpt: checkpoint.Checkpointer,
     writer: metrics.MetricsWriter,
     tokens_per_step: int,
@@ -352,6 +317,8 @@ def _loop(
     if start == 0:
         results = run_eval(state.params, step=0)
         writer.write("eval", 0, results)
+        if draw:
+            writer.write_samples(0, draw(state.params, 0))
     stop = StopRequest()
     pending = None  # (step, device metrics) of the step dispatched last
     last_time, last_step = time.perf_counter(), start
@@ -395,6 +362,8 @@ def _loop(
                 if evaluating:
                     results = run_eval(state.params, step=step)
                     writer.write("eval", step, results)
+                    if draw:
+                        writer.write_samples(step, draw(state.params, step))
                     step_meta.update(results)
                 ckpt.save(step, state, step_meta)
                 last_time, last_step = time.perf_counter(), step  # evals are not train time

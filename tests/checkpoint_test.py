@@ -215,10 +215,10 @@ def test_eval_command_reads_best_latest_and_a_step(reference, capsys):
     for step in ("best", "latest", "150"):
         assert cli.main(["minigpt", "eval", "--workdir", str(reference), "--step", step]) == 0
         out = capsys.readouterr().out
-        assert "full val loss" in out and "bits/char" in out and "estimate_loss" in out
+        assert "val loss" in out and "bits/char" in out and "train loss" in out
     latest = [r for r in _records(reference) if r["kind"] == "eval"][-1]
     assert cli.main(["minigpt", "eval", "--workdir", str(reference), "--step", "latest"]) == 0
-    assert f"full val loss {latest['val_loss_full']:.4f}" in capsys.readouterr().out
+    assert f"full val {latest['val_loss_full']:.4f}" in capsys.readouterr().out
     assert cli.main(["minigpt", "eval", "--workdir", str(reference), "--step", "7"]) == 2
 
 

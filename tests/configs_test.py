@@ -21,6 +21,11 @@ VARIANTS = {
     "shakespeare_char.py": ("", "cpu", "smoke"),
     "bigram.py": ("", "smoke"),
     "tpu.py": ("", "char", "gpt2_124m", "smoke"),
+    "mingpt_char.py": ("", "smoke"),
+    "lecture_gpt.py": ("", "smoke"),
+    "day20.py": ("", "smoke"),
+    "mini_gpt.py": ("", "smoke"),
+    "frost.py": ("", "smoke"),
 }
 # The fields train.py, optimizer.py and sharding.py read from each section.
 FIELDS = {
@@ -34,6 +39,7 @@ FIELDS = {
         "ckpt_interval", "log_interval", "init_from", "skip_nonfinite",
     ),
     "mesh": ("data", "fsdp", "tensor"),
+    "sample": ("prompt", "max_new_tokens", "num_samples", "settings"),
     "dist": ("coordinator", "num_processes", "process_id", "auto"),
 }  # fmt: skip
 
@@ -141,3 +147,59 @@ def test_tpu_smoke_trains_on_this_cpu(shakespeare: pathlib.Path, tmp_path: pathl
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["dtype"] == "float32" and config["mesh"]["data"] == -1
     assert (workdir / "checkpoints" / "30").is_dir()
+
+
+def test_source_configs_hold_their_sources_numbers():
+    m = load("mingpt_char.py").get_config()
+    assert (m.model.n_layer, m.model.n_head, m.model.n_embd, m.model.block_size) == (8, 8, 512, 128)
+    assert (m.model.tie_embeddings, m.model.bias, m.model.bias_head) == (False, True, False)
+    assert (m.model.wpe_init, m.model.init, m.model.dropout) == ("zeros", "normal", 0.1)
+    assert (m.opt.schedule, m.opt.decay_mask, m.opt.b2, m.opt.lr) == (
+        "mingpt",
+        "linear",
+        0.95,
+        6e-4,
+    )
+    assert m.opt.warmup_tokens == 512 * 20 and m.opt.final_tokens == 2 * 1_115_394 * 128
+    assert (m.data.val_fraction, m.data.sampling, m.train.batch_size) == (0.0, "epoch", 512)
+    assert m.train.max_iters * 512 >= 2 * (1_115_394 - 128) > (m.train.max_iters - 1) * 512
+    lec = load("lecture_gpt.py").get_config()
+    assert (lec.opt.schedule, lec.opt.decay_mask, lec.opt.weight_decay) == ("constant", "all", 0.01)
+    assert (lec.opt.b2, lec.opt.grad_clip, lec.model.activation) == (0.999, 0.0, "relu")
+    assert lec.model.bias_qkv is False and lec.model.bias_head and not lec.model.tie_embeddings
+    lec_model = ModelConfig.from_dict({**lec.model.to_dict(), "vocab_size": 65})
+    x_1xT = jnp.zeros((1, 8), jnp.int32)
+    abstract = jax.eval_shape(make_model(lec_model).init, jax.random.key(0), x_1xT)["params"]
+    assert sum(x.size for x in jax.tree.leaves(abstract)) == 10_788_929  # the lecture prints it
+    d = load("day20.py").get_config()
+    assert (d.opt.schedule, d.opt.decay_mask, d.model.tie_embeddings) == (
+        "warmup_cosine",
+        "all",
+        True,
+    )
+    assert d.model.bias_mlp and not d.model.bias and d.sample.settings.count("=") == 4
+
+
+@pytest.mark.parametrize(
+    "name", ["mingpt_char.py", "lecture_gpt.py", "day20.py", "mini_gpt.py", "frost.py"]
+)
+def test_source_smoke_trains_and_writes_samples(name, shakespeare, tmp_path, capsys):
+    """Each source's :smoke variant through the CLI; data prepared from data.input on first use
+    (minGPT's without a val split)."""
+    workdir = tmp_path / "run"
+    args = ["minigpt", "train", "--config", f"{CONFIGS / name}:smoke", "--workdir", str(workdir)]
+    args += [f"--config.data.dir={tmp_path / 'data'}", f"--config.data.input={shakespeare}"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 30, 60]
+    assert evals[-1]["train_loss"] < evals[0]["train_loss"] - 0.3
+    assert ("val_loss" in evals[-1]) == (name != "mingpt_char.py")
+    samples = sorted((workdir / "samples").glob("step_*.txt"))
+    assert [p.name for p in samples] == ["step_000000.txt", "step_000030.txt", "step_000060.txt"]
+    cfg = load(name).get_config("smoke")
+    text = samples[-1].read_text()
+    assert text.count("# step 60, ") == cfg.sample.settings.count(";") + 1
+    assert cfg.sample.prompt in text
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["final_train_loss"] == evals[-1]["train_loss"]

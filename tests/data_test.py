@@ -103,3 +103,24 @@ def test_eval_windows_cover_every_target_once():
     assert w.sum() == len(stream) - 1
     np.testing.assert_array_equal(y.reshape(-1)[w.reshape(-1) > 0], stream[1:])
     np.testing.assert_array_equal(x.reshape(-1)[w.reshape(-1) > 0], stream[:-1])
+
+
+def test_val_fraction_zero_trains_on_everything(tmp_path):
+    """minGPT's notebook: the whole text is training data and there is no val split."""
+    meta = data.prepare(TEXT, tmp_path, val_fraction=0.0, block_size=8)
+    assert meta["val_tokens"] == 0 and len(data.load_split(tmp_path, "train")) == len(TEXT)
+    _, splits = data.load_prepared(tmp_path, block_size=8)
+    assert len(splits["val"]) == 0
+    with pytest.raises(UsageError, match=r"val_fraction must be in \[0, 1\)"):
+        data.prepare(TEXT, tmp_path / "x", val_fraction=1.0, block_size=8)
+
+
+def test_a_prepared_dir_refuses_another_text_or_split(tmp_path):
+    (tmp_path / "a.txt").write_text(TEXT)
+    (tmp_path / "b.txt").write_text(TEXT.upper())
+    d = tmp_path / "d"
+    data.load_prepared(d, block_size=8, input_path=str(tmp_path / "a.txt"))  # prepares
+    data.load_prepared(d, block_size=8, input_path=str(tmp_path / "a.txt"))  # the same: fine
+    for path, frac in ((tmp_path / "b.txt", 0.1), (tmp_path / "a.txt", 0.0)):
+        with pytest.raises(UsageError, match="prepared from another text or split"):
+            data.load_prepared(d, block_size=8, input_path=str(path), val_fraction=frac)

@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare | train | eval | sample | bench.
+"""The `minigpt` command: prepare | train | eval | sample | bench | report.
 
 Thin: parsing, then one library call.
 """
@@ -23,6 +23,7 @@ commands:
            [--max_new_tokens N] [--temperature T (0: greedy)] [--top_k K] [--top_p P]
            [--seed S] [--window chunked|exact]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
+  report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
 
 `minigpt COMMAND --helpfull` lists every flag."""
 
@@ -76,7 +77,11 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
         flag_values=f,
     )
     flags.DEFINE_string(
-        "out", None, "sample: also write the samples to FILE; bench: the table.", flag_values=f
+        "out",
+        None,
+        "sample: also write the samples to FILE; bench: the table; report: the folder for "
+        "report.md and val_curves.png (default: report).",
+        flag_values=f,
     )
     flags.DEFINE_list(
         "lengths", ["500", "2000"], "bench sample: new-token counts to time.", flag_values=f
@@ -234,6 +239,14 @@ def _out_path(out: str | None) -> pathlib.Path | None:
     return path
 
 
+def _report(FLAGS: flags.FlagValues, runs: list[str]) -> None:
+    from minigpt_jax import report
+
+    out = FLAGS.out or "report"
+    print(report.report(runs, out), end="")
+    print(f"(written to {out}/report.md and {out}/val_curves.png)")
+
+
 BENCHMARKS = ("sample",)  # `minigpt bench WHAT`
 
 
@@ -243,6 +256,7 @@ COMMANDS = {
     "eval": _eval,
     "sample": _sample,
     "bench": _bench,
+    "report": _report,
 }
 
 
@@ -275,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     FLAGS = _define_flags(args)
     try:
         extra = FLAGS(args)[1:]
+        if command == "report":  # the runs are positional
+            run, extra = functools.partial(_report, runs=extra), []
         if extra:
             raise flags.Error(f"unexpected argument {extra[0]!r}; flags take the form --name value")
     except flags.Error as e:

@@ -176,8 +176,11 @@ def eval_sampler(cfg: Any, model_cfg: ModelConfig, meta: dict) -> Callable | Non
     for part in filter(None, (p.strip() for p in s.settings.split(";"))):
         try:
             kw = {k: float(v) for k, v in (item.split("=") for item in part.split())}
-            kw = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **kw}
-            kw["top_k"] = int(kw["top_k"]) or None
+            kw = {"temperature": 1.0, "top_k": None, "top_p": 1.0, **kw}
+            if kw["top_k"] is not None:
+                if kw["top_k"] != int(kw["top_k"]):
+                    raise ValueError
+                kw["top_k"] = int(kw["top_k"])
             if set(kw) != {"temperature", "top_k", "top_p"}:
                 raise ValueError
             sample._check([prompt], model_cfg, 1, **kw, num_samples=1, window="chunked")

@@ -126,11 +126,18 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     return records
 
 
-def plot_losses(workdir: str | pathlib.Path) -> pathlib.Path | None:
-    """Draws train (per log line) and eval losses into workdir/loss.png."""
+def plot_losses(
+    workdir: str | pathlib.Path, tokens_per_step: int | None = None
+) -> pathlib.Path | None:
+    """workdir/loss.png: train (per log line) and eval losses against step (tokens on the top
+    axis when tokens_per_step is known), and the learning rate on a second y axis."""
     records = read_metrics(workdir)
     if not records:
         return None
+    return save_figure(loss_figure(records, tokens_per_step), pathlib.Path(workdir) / "loss.png")
+
+
+def loss_figure(records: list[dict], tokens_per_step: int | None = None) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,8 +157,28 @@ def plot_losses(workdir: str | pathlib.Path) -> pathlib.Path | None:
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.grid(alpha=0.3)
-    ax.legend()
-    out = pathlib.Path(workdir) / "loss.png"
+    if tokens_per_step:
+        top = ax.secondary_xaxis(
+            "top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step)
+        )
+        top.set_xlabel("tokens")
+    if train:
+        lr_ax = ax.twinx()
+        lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], "k:", lw=1, label="lr")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        lr_ax.set_ylim(bottom=0)
+        handles = [h for a in (ax, lr_ax) for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, fontsize=8)
+    else:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def save_figure(fig: Any, out: pathlib.Path) -> pathlib.Path:
+    """Saves and closes a matplotlib figure atomically (a temp file, then a rename)."""
+    import matplotlib.pyplot as plt
+
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -190,6 +217,7 @@ def write_summary(
     summary = {
         "step": step,
         "tokens_seen": step * tokens_per_step,
+        "tokens_per_step": tokens_per_step,
         "best_val_loss": best.get("val_loss"),
         "best_step": best.get("step"),
         "final_train_loss": last.get("train_loss"),

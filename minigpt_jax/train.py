@@ -287,7 +287,7 @@ def train_and_evaluate(
             ckpt.wait()
             ckpt.close()
     if is_main:
-        metrics.plot_losses(workdir)
+        metrics.plot_losses(workdir, tokens_per_step)
         params = {"nanogpt_count": nano, "total": total}
         wall_s = time.perf_counter() - started
         metrics.write_summary(

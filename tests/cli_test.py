@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from minigpt_jax import cli, data
+from minigpt_jax import cli, data, metrics
 
 SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
 
@@ -75,6 +75,34 @@ def test_sample_continues_the_prompt(smoke_run):
     assert again.stdout == out.stdout  # same seed, same text
     other = minigpt("sample", *args, "--top_k", "10", "--seed", "1", cwd=smoke_run)
     assert other.stdout != out.stdout
+
+
+def test_report_tables_runs_and_overlays_their_curves(smoke_run, tmp_path, capsys):
+    run = str(smoke_run / "run")
+    out = tmp_path / "rep"
+    assert cli.main(["minigpt", "report", run, run, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((smoke_run / "run/summary.json").read_text())
+    rows = [line for line in printed.splitlines() if line.startswith(f"| {run} |")]
+    assert len(rows) == 2 and f"| {summary['best_val_loss']:.4f} |" in rows[0]
+    assert f"| {summary['final_val_bpc']:.4f} |" in rows[0] and "| 150 |" in rows[0]
+    assert (out / "report.md").read_text() in printed
+    assert (out / "val_curves.png").stat().st_size > 1000
+
+
+def test_every_run_writes_samples_and_a_curve_with_lr_and_tokens(smoke_run):
+    samples = sorted((smoke_run / "run/samples").glob("step_*.txt"))
+    assert [p.name for p in samples] == ["step_000000.txt", "step_000075.txt", "step_000150.txt"]
+    first, last = samples[0].read_text(), samples[-1].read_text()
+    assert first.startswith("# step 0, temperature=0.8 top_k=200\n\n") and len(last) > 200
+    assert first != last  # the model changed between the evals
+    assert (smoke_run / "run/loss.png").stat().st_size > 1000
+    fig = metrics.loss_figure(metrics.read_metrics(smoke_run / "run"), tokens_per_step=512)
+    axes = [*fig.axes, *(c for a in fig.axes for c in a.child_axes)]  # + the top tokens axis
+    labels = {a.get_xlabel() for a in axes} | {a.get_ylabel() for a in axes}
+    assert {"step", "tokens", "learning rate", "cross-entropy (nats)"} <= labels
+    (lr_line,) = [line for a in fig.axes for line in a.get_lines() if line.get_label() == "lr"]
+    assert max(lr_line.get_ydata()) == pytest.approx(1e-2, rel=0.05)  # smoke's peak lr
 
 
 def test_bad_input_from_the_real_entry_point(tmp_path):
@@ -158,6 +186,13 @@ def _bad_inputs(tmp, smoke_dir):
         (["sample", "--workdir", run, "--max_new_tokens", "-1"], "max_new_tokens"),
         (["sample", "--workdir", run, "--prompt_file", "missing.txt"], "does not exist"),
         (["frobnicate"], "unknown command"),
+        ([*train, data_flag, "--config.sample.settings=temperature=hot"], "sample.settings"),
+        ([*train, data_flag, "--config.sample.settings=top_k=0"], "sample.settings"),
+        ([*train, data_flag, "--config.sample.prompt=Gød"], "'ø'"),
+        ([*train, data_flag, "--config.model.bias_head=true"], "untied head"),
+        (["report"], "name the runs"),
+        (["report", run, "norun"], "norun has no metrics.jsonl"),
+        (["report", run, "--out", "afile"], "is a file"),
     ]
 
 

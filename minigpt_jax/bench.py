@@ -1,4 +1,5 @@
-"""`minigpt bench sample`: tokens/s of the cached sampler against nanoGPT-style recompute.
+"""`minigpt bench sample | train`: the sampler against nanoGPT-style recompute, and the train
+step's compile time, ms/iter, tokens/s and MFU.
 
 Not a test: timings on a shared machine are noisy, so each cell is the median of repeats, the
 methods take turns within each repeat, and ratios are only taken within one run.
@@ -21,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minigpt_jax import sample
-from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax import data, metrics, optimizer, sample, sharding, train
+from minigpt_jax.model import ModelConfig, count_params, make_model
 
 METHODS = ("cached chunked", "cached exact", "recompute (nanoGPT-style)")
 
@@ -185,3 +186,105 @@ def _machine(cfg: ModelConfig, num_samples: int) -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}"
     )
+
+
+def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of a few fp32 n x n matmuls: the CPU's attainable peak for MFU."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = min(_timed(lambda _: matmul(a).block_until_ready(), 0) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _step_flops(compiled: Any) -> float | None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def run_train(config: Any, *, steps: int = 20, warmup: int = 3, out: TextIO = sys.stdout) -> dict:
+    """Compiles and times the config's train step (random tokens: speed does not depend on the
+    data) the way `minigpt train` runs it: on the config's mesh, state donated, one host batch
+    made per step. Each step is synced so its time is its own."""
+    model_cfg = model_config(config)
+    t = config.train
+    tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
+    schedule = optimizer.make_schedule(config.opt, tokens_per_step)
+    tx = optimizer.make_optimizer(config.opt, schedule)
+    model = make_model(model_cfg)
+    mesh = sharding.make_mesh(config.mesh)
+    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, 1 << 20, np.uint16)
+    batches = data.Batches(tokens, batch_size=t.batch_size, block_size=model_cfg.block_size,
+                           seed=0)  # fmt: skip
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        state, shardings, _ = train.create_train_state(model, tx, model_cfg, mesh, t.seed)
+        batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
+        step_fn = jax.jit(
+            train.make_train_step(model, tx, schedule),
+            in_shardings=(shardings, (batch_sharding, batch_sharding), sharding.replicated(mesh)),
+            donate_argnums=0,
+        )
+
+        def host_batch(i: int):
+            micro = [batches.batch(i * t.grad_accum + m) for m in range(t.grad_accum)]
+            return sharding.put_batch(tuple(np.stack(a) for a in zip(*micro)), batch_sharding)
+
+        rng = jax.random.key(t.seed)
+        t0 = time.perf_counter()
+        lowered = step_fn.lower(state, host_batch(0), rng)
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - t0
+        times = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            state, step_metrics = compiled(state, host_batch(i), rng)
+            jax.block_until_ready((state, step_metrics))
+            times.append(time.perf_counter() - t0)
+    times = times[warmup:]
+    median = statistics.median(times)
+    device = jax.devices()[0]
+    flops = _step_flops(compiled)
+    peak = metrics.table_peak_flops(device.device_kind)
+    peak_source = "spec sheet (bf16 dense)"
+    if peak is None:
+        peak, peak_source = cpu_gemm_peak(), "measured fp32 GEMM (2048^3, best of 5)"
+    peak_total = peak * jax.device_count()
+    row = {
+        "config": f"{model_cfg.n_layer}/{model_cfg.n_head}/{model_cfg.n_embd} block "
+        f"{model_cfg.block_size} batch {t.batch_size}x{t.grad_accum} ({model_cfg.dtype})",
+        "params": count_params(state.params)[1],
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "compile_s": compile_s,
+        "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
+        "steps": steps,
+        "ms_per_iter": {"median": 1e3 * median, "min": 1e3 * min(times), "max": 1e3 * max(times)},
+        "tokens_per_s": tokens_per_step / median,
+        "flops_per_step": flops,
+        "peak_flops": peak_total,
+        "peak_source": peak_source,
+        "mfu": None if flops is None else flops / median / peak_total,
+    }
+    print(train_table([row]), file=out)
+    return row
+
+
+def train_table(rows: list[dict]) -> str:
+    lines = [
+        "| run | compile s | ms/iter median (min-max) | tokens/s | GFLOP/step | MFU | peak |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ms = r["ms_per_iter"]
+        gflop = "-" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:.2f}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(
+            f"| {r.get('name', r['config'])} | {r['compile_s']:.2f} | {ms['median']:.1f} "
+            f"({ms['min']:.1f}-{ms['max']:.1f}) | {r['tokens_per_s']:.0f} | {gflop} | {mfu} "
+            f"| {r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']} |"
+        )
+    return "\n".join(lines)

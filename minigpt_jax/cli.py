@@ -23,6 +23,7 @@ commands:
            [--max_new_tokens N] [--temperature T (0: greedy)] [--top_k K] [--top_p P]
            [--seed S] [--window chunked|exact]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
+  bench    train --config FILE[:variant] [--steps N] [--out FILE.json]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
 
 `minigpt COMMAND --helpfull` lists every flag."""
@@ -87,6 +88,9 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
         "lengths", ["500", "2000"], "bench sample: new-token counts to time.", flag_values=f
     )
     flags.DEFINE_integer("repeats", 3, "bench: timed repeats per cell (median).", flag_values=f)
+    flags.DEFINE_integer(
+        "steps", 20, "bench train: timed steps after 3 warm-up steps.", flag_values=f
+    )
     return f
 
 
@@ -205,7 +209,8 @@ def _bench(FLAGS: flags.FlagValues, what: str) -> None:
     from minigpt_jax import bench
     from minigpt_jax.errors import UsageError
 
-    del what  # 'sample' is the only benchmark so far; a later issue adds 'train'
+    if what == "train":
+        return _bench_train(FLAGS)
     config = _load_config(FLAGS) if FLAGS["config"].present else None
     try:
         lengths = [int(n) for n in FLAGS.lengths]
@@ -224,6 +229,30 @@ def _bench(FLAGS: flags.FlagValues, what: str) -> None:
     )
     if out:
         out.write_text(bench.table(rows) + "\n")
+
+
+def _bench_train(FLAGS: flags.FlagValues) -> None:
+    import json
+
+    from minigpt_jax import bench
+    from minigpt_jax.errors import UsageError
+
+    if not FLAGS["config"].present:
+        raise UsageError("bench train needs --config, e.g. configs/shakespeare_char.py:cpu")
+    config = _load_config(FLAGS)
+    if FLAGS.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    out = _out_path(FLAGS.out)
+    try:
+        bench.model_config(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"bad model section in --config: {e}") from None
+    _enable_compilation_cache()
+    row = bench.run_train(config, steps=FLAGS.steps)
+    if out:
+        from minigpt_jax.data import atomic_write_bytes
+
+        atomic_write_bytes(out, json.dumps(row, indent=2).encode())
 
 
 def _out_path(out: str | None) -> pathlib.Path | None:
@@ -247,7 +276,7 @@ def _report(FLAGS: flags.FlagValues, runs: list[str]) -> None:
     print(f"(written to {out}/report.md and {out}/val_curves.png)")
 
 
-BENCHMARKS = ("sample",)  # `minigpt bench WHAT`
+BENCHMARKS = ("sample", "train")  # `minigpt bench WHAT`
 
 
 COMMANDS = {

@@ -1,10 +1,11 @@
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, init_params
+from conftest import ROOT, TINY, init_params
 
 from minigpt_jax import bench, cli, sample
 
@@ -168,7 +169,9 @@ def test_benchmark_reference_samples_like_exact(tiny):
         (["sample", "--workdir", "w", "--out", "nodir/x.txt"], "nodir"),
         (["sample", "--workdir", "w", "--out", "."], "is a directory"),
         (["bench"], "sample"),
-        (["bench", "train"], "sample"),
+        (["bench", "fly"], "sample, train"),
+        (["bench", "train"], "needs --config"),
+        (["bench", "train", "--config", "nope.py"], "No such file"),
         (["bench", "sample", "--lengths", "500,lots"], "--lengths"),
         (["bench", "sample", "--repeats", "0"], "--repeats"),
         (["bench", "sample", "--config", "nope.py"], "No such file"),
@@ -219,3 +222,19 @@ def test_temperature_zero_is_argmax_and_temperature_sharpens():
     assert len(set(np.asarray(warm).tolist())) > 1
     cold = sample.filter_logits(LOGITS, jnp.float32(0.5), None, jnp.float32(1.0))
     assert float(jax.nn.softmax(cold)[0, 0]) > 0.5
+
+
+def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
+    """The step's FLOPs come from XLA's cost analysis of the compiled step: forward and backward
+    are about 6 x params x tokens (plus attention), so reading the forward alone would fail."""
+    out = tmp_path / "train.json"
+    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
+    args = ["minigpt", "bench", "train", "--config", smoke, "--steps", "2", "--out", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    row = json.loads(out.read_text())
+    tokens = 16 * 32
+    assert 1.0 < row["flops_per_step"] / (6 * row["params"] * tokens) < 1.6
+    assert 0 < row["mfu"] <= 1.0 and row["peak_source"].startswith("measured")
+    ms = row["ms_per_iter"]
+    assert ms["min"] <= ms["median"] <= ms["max"] and row["compile_s"] > 0
+    assert row["config"] == "2/2/32 block 32 batch 16x1 (float32)"  # the smoke model ran

@@ -18,12 +18,13 @@ USAGE = """usage: minigpt COMMAND [--flags]
 commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
+           [--cpu_devices N]
   eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
   sample   --workdir DIR [--prompt TEXT | --prompt_file FILE] [--num_samples N] [--out FILE]
            [--max_new_tokens N] [--temperature T (0: greedy)] [--top_k K] [--top_p P]
            [--seed S] [--window chunked|exact]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
-  bench    train --config FILE[:variant] [--steps N] [--out FILE.json]
+  bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--cpu_devices N]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
 
 `minigpt COMMAND --helpfull` lists every flag."""
@@ -89,9 +90,34 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     )
     flags.DEFINE_integer("repeats", 3, "bench: timed repeats per cell (median).", flag_values=f)
     flags.DEFINE_integer(
+        "cpu_devices",
+        None,
+        "train, bench: split the host CPU into N XLA devices, so a data-parallel mesh runs "
+        "one step on all cores (jax's CPU backend otherwise keeps small steps on about one).",
+        flag_values=f,
+    )
+    flags.DEFINE_integer(
         "steps", 20, "bench train: timed steps after 3 warm-up steps.", flag_values=f
     )
     return f
+
+
+def _split_cpu(n: int) -> None:
+    """--cpu_devices: XLA reads its flags when the backend starts, so this must come first."""
+    from minigpt_jax.errors import UsageError
+
+    if n < 1:
+        raise UsageError("--cpu_devices must be at least 1")
+    flag = f"--xla_force_host_platform_device_count={n}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    if "jax" in sys.modules:  # a caller already started jax (an in-process call)
+        import jax
+
+        if jax.default_backend() == "cpu" and jax.device_count() != n:
+            raise UsageError(
+                f"--cpu_devices {n}: jax already started with {jax.device_count()} CPU "
+                "device(s) in this process; pass the flag to a fresh `minigpt` process"
+            )
 
 
 def _enable_compilation_cache() -> None:
@@ -331,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt {command}: error: no such config field {_one_line(inner)}", file=sys.stderr)
         return 2
     try:
+        if FLAGS.cpu_devices is not None:
+            _split_cpu(FLAGS.cpu_devices)
         run(FLAGS)
     except UsageError as e:
         print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)

@@ -1,5 +1,8 @@
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -172,6 +175,8 @@ def test_benchmark_reference_samples_like_exact(tiny):
         (["bench", "fly"], "sample, train"),
         (["bench", "train"], "needs --config"),
         (["bench", "train", "--config", "nope.py"], "No such file"),
+        (["bench", "train", "--cpu_devices", "0"], "at least 1"),
+        (["bench", "train", "--cpu_devices", "3"], "fresh `minigpt` process"),
         (["bench", "sample", "--lengths", "500,lots"], "--lengths"),
         (["bench", "sample", "--repeats", "0"], "--repeats"),
         (["bench", "sample", "--config", "nope.py"], "No such file"),
@@ -238,3 +243,18 @@ def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
     ms = row["ms_per_iter"]
     assert ms["min"] <= ms["median"] <= ms["max"] and row["compile_s"] > 0
     assert row["config"] == "2/2/32 block 32 batch 16x1 (float32)"  # the smoke model ran
+
+
+def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):
+    """--cpu_devices 2 in a fresh process: two XLA CPU devices, and mesh.data=-1 takes both."""
+    out = tmp_path / "train.json"
+    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
+    args = ["bench", "train", "--config", smoke, "--steps", "1", "--cpu_devices", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "minigpt_jax.cli", *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())
+    assert row["device_count"] == 2 and row["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}

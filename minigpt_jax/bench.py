@@ -246,10 +246,11 @@ def run_train(config: Any, *, steps: int = 20, warmup: int = 3, out: TextIO = sy
     device = jax.devices()[0]
     flops = _step_flops(compiled)
     peak = metrics.table_peak_flops(device.device_kind)
-    peak_source = "spec sheet (bf16 dense)"
-    if peak is None:
-        peak, peak_source = cpu_gemm_peak(), "measured fp32 GEMM (2048^3, best of 5)"
-    peak_total = peak * jax.device_count()
+    if peak is not None:
+        peak_total, peak_source = peak * jax.device_count(), "spec sheet (bf16 dense)"
+    else:  # one GEMM already uses every core, however many XLA devices split the host
+        peak_total = cpu_gemm_peak()
+        peak_source = "measured fp32 GEMM (2048^3, best of 5)"
     row = {
         "config": f"{model_cfg.n_layer}/{model_cfg.n_head}/{model_cfg.n_embd} block "
         f"{model_cfg.block_size} batch {t.batch_size}x{t.grad_accum} ({model_cfg.dtype})",

@@ -158,18 +158,17 @@ def loss_figure(records: list[dict], tokens_per_step: int | None = None) -> Any:
     ax.set_ylabel("cross-entropy (nats)")
     ax.grid(alpha=0.3)
     if tokens_per_step:
-        top = ax.secondary_xaxis(
-            "top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step)
-        )
-        top.set_xlabel("tokens")
+        per_step = tokens_per_step / 1e6
+        top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda t: t / per_step))
+        top.set_xlabel("tokens (millions)")
     if train:
         lr_ax = ax.twinx()
         lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], "k:", lw=1, label="lr")
         lr_ax.set_ylabel("learning rate")
-        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        lr_ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.1e}"))
         lr_ax.set_ylim(bottom=0)
         handles = [h for a in (ax, lr_ax) for h in a.get_legend_handles_labels()[0]]
-        ax.legend(handles=handles, fontsize=8)
+        ax.legend(handles=handles, fontsize=8, loc="center right")
     else:
         ax.legend(fontsize=8)
     return fig

@@ -100,7 +100,7 @@ def test_every_run_writes_samples_and_a_curve_with_lr_and_tokens(smoke_run):
     fig = metrics.loss_figure(metrics.read_metrics(smoke_run / "run"), tokens_per_step=512)
     axes = [*fig.axes, *(c for a in fig.axes for c in a.child_axes)]  # + the top tokens axis
     labels = {a.get_xlabel() for a in axes} | {a.get_ylabel() for a in axes}
-    assert {"step", "tokens", "learning rate", "cross-entropy (nats)"} <= labels
+    assert {"step", "tokens (millions)", "learning rate", "cross-entropy (nats)"} <= labels
     (lr_line,) = [line for a in fig.axes for line in a.get_lines() if line.get_label() == "lr"]
     assert max(lr_line.get_ydata()) == pytest.approx(1e-2, rel=0.05)  # smoke's peak lr
 

@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare | train | eval | sample | bench.
+"""The `minigpt` command: prepare | train | eval | sample | bench | convert | compare.
 
 Thin: parsing, then one library call.
 """
@@ -23,6 +23,11 @@ commands:
            [--max_new_tokens N] [--temperature T (0: greedy)] [--top_k K] [--top_p P]
            [--seed S] [--window chunked|exact]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
+  convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR [--overwrite]
+           [--n_head H] [--activation A] [--data_dir DIR]      import into a run workdir
+  convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]   export a run
+  compare  --config FILE[:variant] --steps N --out_dir DIR [--sample_tokens N]
+           train JAX and the PyTorch reference side by side (needs the [torch] extra)
 
 `minigpt COMMAND --helpfull` lists every flag."""
 
@@ -40,10 +45,12 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_bool(
         "overwrite",
         False,
-        "train: with init_from=scratch, discard the run's checkpoints.",
+        "train: with init_from=scratch, discard the run's checkpoints; convert: replace --workdir.",
         flag_values=f,
     )
-    flags.DEFINE_string("step", "latest", "eval: best, latest or a step number.", flag_values=f)
+    flags.DEFINE_string(
+        "step", "latest", "eval, convert --to: best, latest or a step number.", flag_values=f
+    )
     flags.DEFINE_string(
         "data_dir",
         "data/shakespeare_char",
@@ -76,12 +83,30 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
         flag_values=f,
     )
     flags.DEFINE_string(
-        "out", None, "sample: also write the samples to FILE; bench: the table.", flag_values=f
+        "out",
+        None,
+        "sample: also write the samples to FILE; bench: the table; convert: the ckpt.pt.",
+        flag_values=f,
     )
     flags.DEFINE_list(
         "lengths", ["500", "2000"], "bench sample: new-token counts to time.", flag_values=f
     )
-    flags.DEFINE_integer("repeats", 3, "bench: timed repeats per cell (median).", flag_values=f)
+    flags.DEFINE_integer("repeats", 3, "bench, compare: timed repeats (median).", flag_values=f)
+    flags.DEFINE_enum(
+        "from", None, ["nanogpt", "mingpt"], "convert: import CKPT.pt of this kind.", flag_values=f
+    )
+    flags.DEFINE_enum("to", None, ["nanogpt"], "convert: export --workdir as this.", flag_values=f)
+    flags.DEFINE_string("meta", None, "convert: nanoGPT's meta.pkl or a meta.json.", flag_values=f)
+    flags.DEFINE_integer(
+        "n_head", None, "convert: heads, if the checkpoint lacks them.", flag_values=f
+    )
+    flags.DEFINE_enum(
+        "activation", None, ["gelu", "gelu_tanh", "relu"],
+        "convert: the MLP's activation (default gelu; mingpt: gelu_tanh).", flag_values=f,
+    )  # fmt: skip
+    flags.DEFINE_integer("steps", 200, "compare: training steps of each side.", flag_values=f)
+    flags.DEFINE_string("out_dir", None, "compare: where the report goes.", flag_values=f)
+    flags.DEFINE_integer("sample_tokens", 500, "compare: tokens each side samples.", flag_values=f)
     return f
 
 
@@ -223,6 +248,57 @@ def _bench(FLAGS: flags.FlagValues, what: str) -> None:
         out.write_text(bench.table(rows) + "\n")
 
 
+def _convert(FLAGS: flags.FlagValues, positional: list[str]) -> None:
+    from minigpt_jax import convert
+    from minigpt_jax.errors import UsageError
+
+    convert.require_torch()  # before anything else: the one line that says how to get it
+    source, target = FLAGS["from"].value, FLAGS["to"].value
+    if (source is None) == (target is None):
+        raise UsageError("pass --from nanogpt|mingpt CKPT.pt to import, or --to nanogpt to export")
+    if not FLAGS.workdir:
+        raise UsageError("--workdir is required: the run to write (import) or read (export)")
+    if target:
+        if positional or not FLAGS.out:
+            raise UsageError("export takes no CKPT argument; pass --out ckpt.pt")
+        step = convert.export_nanogpt(FLAGS.workdir, FLAGS.out, FLAGS.step)
+        print(f"wrote {FLAGS.out}: step {step} of {FLAGS.workdir}, nanoGPT's checkpoint format")
+        return
+    if len(positional) != 1 or not FLAGS.meta:
+        raise UsageError(
+            f"usage: minigpt convert --from {source} CKPT.pt --meta META --workdir DIR"
+        )
+    overrides = {"n_head": FLAGS.n_head, "activation": FLAGS.activation}
+    if FLAGS["block_size"].present:
+        overrides["block_size"] = FLAGS.block_size
+    data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
+    cfg, step = convert.import_checkpoint(
+        positional[0], FLAGS.meta, FLAGS.workdir, source=source, overrides=overrides,
+        data_dir=data_dir, overwrite=FLAGS.overwrite,
+    )  # fmt: skip
+    print(
+        f"imported {positional[0]} (step {step}, {cfg.n_layer} layers, {cfg.n_embd} wide, vocab "
+        f"{cfg.vocab_size}) into {FLAGS.workdir}; try: minigpt sample --workdir {FLAGS.workdir}"
+    )
+
+
+def _compare(FLAGS: flags.FlagValues) -> None:
+    from minigpt_jax import compare, convert
+    from minigpt_jax.errors import UsageError
+
+    convert.require_torch()  # before loading anything else
+    config = _load_config(FLAGS)
+    if not FLAGS.out_dir:
+        raise UsageError("--out_dir is required, e.g. --out_dir experiments/compare_torch")
+    if FLAGS.steps < 2 or FLAGS.sample_tokens < 1 or FLAGS.repeats < 1:
+        raise UsageError("--steps must be at least 2, --sample_tokens and --repeats at least 1")
+    _enable_compilation_cache()
+    compare.run(
+        config, FLAGS.out_dir, steps=FLAGS.steps, sample_tokens=FLAGS.sample_tokens,
+        repeats=FLAGS.repeats,
+    )  # fmt: skip
+
+
 def _out_path(out: str | None) -> pathlib.Path | None:
     """--out checked before any work: its folder must exist and it must not be a folder."""
     from minigpt_jax.errors import UsageError
@@ -245,6 +321,8 @@ COMMANDS = {
     "eval": _eval,
     "sample": _sample,
     "bench": _bench,
+    "convert": _convert,
+    "compare": _compare,
 }
 
 
@@ -277,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     FLAGS = _define_flags(args)
     try:
         extra = FLAGS(args)[1:]
+        if command == "convert":  # `minigpt convert --from nanogpt CKPT.pt ...`
+            run, extra = functools.partial(_convert, positional=extra[:1]), extra[1:]
         if extra:
             raise flags.Error(f"unexpected argument {extra[0]!r}; flags take the form --name value")
     except flags.Error as e:

@@ -26,7 +26,7 @@ commands:
   convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR [--overwrite]
            [--n_head H] [--activation A] [--data_dir DIR]      import into a run workdir
   convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]   export a run
-  compare  --config FILE[:variant] --steps N --out_dir DIR [--sample_tokens N]
+  compare  --config FILE[:variant] --steps N --out_dir DIR [--sample_tokens N] [--torch_threads N]
            train JAX and the PyTorch reference side by side (needs the [torch] extra)
 
 `minigpt COMMAND --helpfull` lists every flag."""
@@ -107,6 +107,12 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_integer("steps", 200, "compare: training steps of each side.", flag_values=f)
     flags.DEFINE_string("out_dir", None, "compare: where the report goes.", flag_values=f)
     flags.DEFINE_integer("sample_tokens", 500, "compare: tokens each side samples.", flag_values=f)
+    flags.DEFINE_integer(
+        "torch_threads",
+        0,
+        "compare: torch.set_num_threads; 0 keeps torch's default.",
+        flag_values=f,
+    )
     return f
 
 
@@ -290,12 +296,15 @@ def _compare(FLAGS: flags.FlagValues) -> None:
     config = _load_config(FLAGS)
     if not FLAGS.out_dir:
         raise UsageError("--out_dir is required, e.g. --out_dir experiments/compare_torch")
-    if FLAGS.steps < 2 or FLAGS.sample_tokens < 1 or FLAGS.repeats < 1:
-        raise UsageError("--steps must be at least 2, --sample_tokens and --repeats at least 1")
+    if FLAGS.steps < 2 or FLAGS.sample_tokens < 1 or FLAGS.repeats < 1 or FLAGS.torch_threads < 0:
+        raise UsageError(
+            "--steps must be at least 2, --sample_tokens and --repeats at least 1, "
+            "--torch_threads at least 0"
+        )
     _enable_compilation_cache()
     compare.run(
         config, FLAGS.out_dir, steps=FLAGS.steps, sample_tokens=FLAGS.sample_tokens,
-        repeats=FLAGS.repeats,
+        repeats=FLAGS.repeats, torch_threads=FLAGS.torch_threads,
     )  # fmt: skip
 
 

@@ -11,7 +11,6 @@ same number of tokens. The report goes to out_dir: report.md, report.json and lo
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import platform
@@ -99,16 +98,23 @@ def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 
 def run(cfg: Any, out_dir: str | pathlib.Path, *, steps: int, sample_tokens: int = 500,
-        repeats: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    """Trains both for `steps` steps on cfg (an experiment config), writes the report."""
+        repeats: int = 3, torch_threads: int = 0,
+        log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """Trains both for `steps` steps on cfg (an experiment config), writes the report.
+
+    torch_threads > 0 calls torch.set_num_threads: on a loaded machine torch's OpenMP threads
+    can wait on each other for seconds per step. 0 keeps torch's default. Either is recorded.
+    """
     ref = convert.require_torch()
     torch = ref.torch
-    out = pathlib.Path(out_dir)
-    data.make_dir(out, "--out_dir")
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     meta, splits = data.load_prepared(cfg.data.dir, block_size=cfg.model.block_size,
                                       input_path=cfg.data.input,
                                       val_fraction=cfg.data.val_fraction)  # fmt: skip
     model_cfg = train.model_config(cfg, meta["vocab_size"])
+    out = pathlib.Path(out_dir)
+    data.make_dir(out, "--out_dir")  # only once the config and data are known to be good
     t, A = cfg.train, cfg.train.grad_accum
     tokens_per_step = t.batch_size * model_cfg.block_size * A
     batches = data.Batches(splits["train"], batch_size=t.batch_size,
@@ -119,6 +125,7 @@ def run(cfg: Any, out_dir: str | pathlib.Path, *, steps: int, sample_tokens: int
     ours = JaxTrainer(model_cfg, cfg.opt, tokens_per_step=tokens_per_step, params=params,
                       seed=t.seed)  # fmt: skip
     theirs = ref.Trainer(model_cfg, cfg.opt, tokens_per_step=tokens_per_step, state_dict=state_dict)
+    load_at_start = os.getloadavg()
     losses = {"jax": [], "torch": []}
     seconds = {"jax": [], "torch": []}
     log(f"compare: {steps} steps of {tokens_per_step} tokens, alternating jax / torch")
@@ -166,7 +173,7 @@ def run(cfg: Any, out_dir: str | pathlib.Path, *, steps: int, sample_tokens: int
         "max_abs_loss_diff_first_20": max(
             abs(a - b) for a, b in zip(losses["jax"][:20], losses["torch"][:20])
         ),
-        "machine": _machine(torch),
+        "machine": {**_machine(torch), "loadavg_at_start": load_at_start},
     }  # fmt: skip
     report["ms_per_iter_ratio_jax_over_torch"] = (
         report["ms_per_iter"]["jax"]["median"] / report["ms_per_iter"]["torch"]["median"]
@@ -242,12 +249,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "", "![losses](loss.png)", "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch threads {m['torch_threads']}; "
         f"torch {m['torch']}, jax {m['jax']} ({m['backend']}), Python {m['python']}; "
-        f"load average at the end {m['loadavg_at_end']}.",
+        f"load average (1, 5, 15 min) at the start {m['loadavg_at_start']}, at the end "
+        f"{m['loadavg_at_end']}.",
     ]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def loss_gap(report: dict[str, Any]) -> float:
-    """|jax - torch| of the final whole-split val loss."""
-    e = report["eval"]
-    return math.fabs(e["jax"]["val_loss_full"] - e["torch"]["val_loss_full"])

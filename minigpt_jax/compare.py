@@ -249,7 +249,11 @@ def _markdown(r: dict[str, Any]) -> str:
         "", "![losses](loss.png)", "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch threads {m['torch_threads']}; "
         f"torch {m['torch']}, jax {m['jax']} ({m['backend']}), Python {m['python']}; "
-        f"load average (1, 5, 15 min) at the start {m['loadavg_at_start']}, at the end "
-        f"{m['loadavg_at_end']}.",
+        f"load average (1, 5, 15 min) at the start {_load(m['loadavg_at_start'])}, at the end "
+        f"{_load(m['loadavg_at_end'])}.",
     ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _load(avg: Sequence[float] | None) -> str:
+    return "n/a" if avg is None else " / ".join(f"{a:.2f}" for a in avg)

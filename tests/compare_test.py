@@ -19,7 +19,7 @@ def test_compare_smoke_writes_the_report_and_curves_start_together(tmp_path, cap
         "minigpt", "compare", "--config", str(ROOT / "configs/shakespeare_char.py:smoke"),
         f"--config.data.input={tmp_path / 'poem.txt'}", f"--config.data.dir={tmp_path / 'data'}",
         "--config.train.eval_iters=2", "--steps", "6", "--sample_tokens", "40", "--repeats", "1",
-        "--out_dir", str(out),
+        "--torch_threads", "1", "--out_dir", str(out),
     ]  # fmt: skip
     assert cli.main(args) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())

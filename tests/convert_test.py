@@ -18,6 +18,10 @@ from minigpt_jax.model import ModelConfig
 torch = pytest.importorskip("torch")
 from minigpt_jax import torch_ref  # noqa: E402  (needs torch)
 
+# Tiny models gain nothing from threads, and on a shared CPU torch's OpenMP threads can wait on
+# each other for seconds per step.
+torch.set_num_threads(1)
+
 POEM = "Tyger Tyger, burning bright,\nIn the forests of the night;\n" * 40
 
 

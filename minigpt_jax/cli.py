@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare | train | eval | sample | bench | report.
+"""The `minigpt` command: prepare | train | eval | sample | bench | report | convert | compare.
 
 Thin: parsing, then one library call.
 """
@@ -11,7 +11,8 @@ import pathlib
 import sys
 
 from absl import flags
-from ml_collections import config_flags
+
+from minigpt_jax import cli_flags
 
 USAGE = """usage: minigpt COMMAND [--flags]
 
@@ -26,80 +27,13 @@ commands:
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--cpu_devices N]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
+  convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR [--overwrite]
+           [--n_head H] [--activation A] [--data_dir DIR]      import into a run workdir
+  convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]   export a run
+  compare  --config FILE[:variant] --steps N --out_dir DIR [--sample_tokens N] [--torch_threads N]
+           train JAX and the PyTorch reference side by side (needs the [torch] extra)
 
 `minigpt COMMAND --helpfull` lists every flag."""
-
-
-def _define_flags(argv: list[str]) -> flags.FlagValues:
-    """A fresh set of flags per call: main() keeps no state between calls."""
-    f = flags.FlagValues()
-    # config_flags reads --config.x.y overrides from argv itself (sys.argv unless told).
-    config_flags.DEFINE_config_file(
-        "config", None, "Experiment config: FILE[:variant].", f, sys_argv=argv
-    )
-    flags.DEFINE_string(
-        "workdir", None, "Run directory: checkpoints, metrics, config.", flag_values=f
-    )
-    flags.DEFINE_bool(
-        "overwrite",
-        False,
-        "train: with init_from=scratch, discard the run's checkpoints.",
-        flag_values=f,
-    )
-    flags.DEFINE_string("step", "latest", "eval: best, latest or a step number.", flag_values=f)
-    flags.DEFINE_string(
-        "data_dir",
-        "data/shakespeare_char",
-        "prepare: output data directory; eval: data to use instead of the run's.",
-        flag_values=f,
-    )
-    flags.DEFINE_string(
-        "input", None, "prepare: UTF-8 text (default: download Tiny Shakespeare).", flag_values=f
-    )
-    flags.DEFINE_float("val_fraction", 0.1, "prepare: held-out fraction.", flag_values=f)
-    flags.DEFINE_integer(
-        "block_size", 256, "prepare: each split must hold block_size + 1 chars.", flag_values=f
-    )
-    flags.DEFINE_string("prompt", "\n", "sample: the text to continue.", flag_values=f)
-    flags.DEFINE_string("prompt_file", None, "sample: read the prompt from a file.", flag_values=f)
-    flags.DEFINE_integer("max_new_tokens", 500, "sample: characters to generate.", flag_values=f)
-    flags.DEFINE_float(
-        "temperature", 1.0, "sample: softmax temperature; 0 is greedy.", flag_values=f
-    )
-    flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens.", flag_values=f)
-    flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass; 1 keeps every token.", flag_values=f)
-    flags.DEFINE_integer("seed", 0, "sample: random seed.", flag_values=f)
-    flags.DEFINE_integer("num_samples", 1, "sample: independent samples to draw.", flag_values=f)
-    flags.DEFINE_enum(
-        "window",
-        "chunked",
-        ["chunked", "exact"],
-        "sample: past block_size, 'exact' crops like nanoGPT (a full forward per token); "
-        "'chunked' keeps the last block_size/2 tokens and goes on cached (fast).",
-        flag_values=f,
-    )
-    flags.DEFINE_string(
-        "out",
-        None,
-        "sample: also write the samples to FILE; bench: the table; report: the folder for "
-        "report.md and val_curves.png (default: report).",
-        flag_values=f,
-    )
-    flags.DEFINE_list(
-        "lengths", ["500", "2000"], "bench sample: new-token counts to time.", flag_values=f
-    )
-    flags.DEFINE_integer("repeats", 3, "bench: timed repeats per cell (median).", flag_values=f)
-    flags.DEFINE_integer(
-        "cpu_devices",
-        None,
-        "train, bench: split the host CPU into N XLA devices, so a data-parallel mesh runs "
-        "one step on all cores (jax's CPU backend otherwise keeps small steps on about one).",
-        flag_values=f,
-    )
-    flags.DEFINE_integer(
-        "steps", 20, "bench train: timed steps after 3 warm-up steps.", flag_values=f
-    )
-    return f
 
 
 def _split_cpu(n: int) -> None:
@@ -266,7 +200,8 @@ def _bench_train(FLAGS: flags.FlagValues) -> None:
     if not FLAGS["config"].present:
         raise UsageError("bench train needs --config, e.g. configs/shakespeare_char.py:cpu")
     config = _load_config(FLAGS)
-    if FLAGS.steps < 1:
+    steps = 20 if FLAGS.steps is None else FLAGS.steps
+    if steps < 1:
         raise UsageError("--steps must be at least 1")
     out = _out_path(FLAGS.out)
     try:
@@ -274,11 +209,66 @@ def _bench_train(FLAGS: flags.FlagValues) -> None:
     except (KeyError, TypeError, ValueError) as e:
         raise UsageError(f"bad model section in --config: {e}") from None
     _enable_compilation_cache()
-    row = bench.run_train(config, steps=FLAGS.steps)
+    row = bench.run_train(config, steps=steps)
     if out:
         from minigpt_jax.data import atomic_write_bytes
 
         atomic_write_bytes(out, json.dumps(row, indent=2).encode())
+
+
+def _convert(FLAGS: flags.FlagValues, positional: list[str]) -> None:
+    from minigpt_jax import convert
+    from minigpt_jax.errors import UsageError
+
+    convert.require_torch()  # before anything else: the one line that says how to get it
+    source, target = FLAGS["from"].value, FLAGS["to"].value
+    if (source is None) == (target is None):
+        raise UsageError("pass --from nanogpt|mingpt CKPT.pt to import, or --to nanogpt to export")
+    if not FLAGS.workdir:
+        raise UsageError("--workdir is required: the run to write (import) or read (export)")
+    if target:
+        if positional or not FLAGS.out:
+            raise UsageError("export takes no CKPT argument; pass --out ckpt.pt")
+        step = convert.export_nanogpt(FLAGS.workdir, FLAGS.out, FLAGS.step)
+        print(f"wrote {FLAGS.out}: step {step} of {FLAGS.workdir}, nanoGPT's checkpoint format")
+        return
+    if len(positional) != 1 or not FLAGS.meta:
+        raise UsageError(
+            f"usage: minigpt convert --from {source} CKPT.pt --meta META --workdir DIR"
+        )
+    overrides = {"n_head": FLAGS.n_head, "activation": FLAGS.activation}
+    if FLAGS["block_size"].present:
+        overrides["block_size"] = FLAGS.block_size
+    data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
+    cfg, step = convert.import_checkpoint(
+        positional[0], FLAGS.meta, FLAGS.workdir, source=source, overrides=overrides,
+        data_dir=data_dir, overwrite=FLAGS.overwrite,
+    )  # fmt: skip
+    print(
+        f"imported {positional[0]} (step {step}, {cfg.n_layer} layers, {cfg.n_embd} wide, vocab "
+        f"{cfg.vocab_size}) into {FLAGS.workdir}; try: minigpt sample --workdir {FLAGS.workdir}"
+    )
+
+
+def _compare(FLAGS: flags.FlagValues) -> None:
+    from minigpt_jax import compare, convert
+    from minigpt_jax.errors import UsageError
+
+    convert.require_torch()  # before loading anything else
+    config = _load_config(FLAGS)
+    if not FLAGS.out_dir:
+        raise UsageError("--out_dir is required, e.g. --out_dir experiments/compare_torch")
+    steps = 200 if FLAGS.steps is None else FLAGS.steps
+    if steps < 2 or FLAGS.sample_tokens < 1 or FLAGS.repeats < 1 or FLAGS.torch_threads < 0:
+        raise UsageError(
+            "--steps must be at least 2, --sample_tokens and --repeats at least 1, "
+            "--torch_threads at least 0"
+        )
+    _enable_compilation_cache()
+    compare.run(
+        config, FLAGS.out_dir, steps=steps, sample_tokens=FLAGS.sample_tokens,
+        repeats=FLAGS.repeats, torch_threads=FLAGS.torch_threads,
+    )  # fmt: skip
 
 
 def _out_path(out: str | None) -> pathlib.Path | None:
@@ -312,6 +302,8 @@ COMMANDS = {
     "sample": _sample,
     "bench": _bench,
     "report": _report,
+    "convert": _convert,
+    "compare": _compare,
 }
 
 
@@ -341,11 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run, rest = functools.partial(_bench, what=what), rest[1:]
     args = [f"minigpt {command}", *rest]
-    FLAGS = _define_flags(args)
+    FLAGS = cli_flags.define_flags(args)
     try:
         extra = FLAGS(args)[1:]
         if command == "report":  # the runs are positional
             run, extra = functools.partial(_report, runs=extra), []
+        elif command == "convert":  # `minigpt convert --from nanogpt CKPT.pt ...`
+            run, extra = functools.partial(_convert, positional=extra[:1]), extra[1:]
         if extra:
             raise flags.Error(f"unexpected argument {extra[0]!r}; flags take the form --name value")
     except flags.Error as e:

@@ -1,0 +1,328 @@
+"""The PyTorch reference: nanoGPT's GPT and trainer, written against our ModelConfig and opt.
+
+Only convert.py and compare.py import this module, inside functions (convert.require_torch), so
+torch stays an optional extra: `pip install -e '.[torch]'` (torch==2.13.0, the CPU wheel).
+
+state_dict names are nanoGPT's (and minGPT's): transformer.wte.weight, transformer.wpe.weight,
+transformer.h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}.{weight, bias},
+transformer.ln_f.{weight, bias}, lm_head.weight (torch Linear weights are (out, in)). A tied head
+is nanoGPT's: one tensor under both transformer.wte.weight and lm_head.weight. The bigram model
+is Karpathy's lecture bigram: one table, token_embedding_table.weight (V x V).
+
+The trainer follows nanoGPT's train.py: its AdamW parameter groups (the decay mask of our
+opt.decay_mask, decided here from the torch modules, independently of optimizer.py), the lr set
+on every group before each step from a plain-Python schedule (lr_at, tested against
+optimizer.make_schedule), loss / grad_accum per micro-step, clip_grad_norm_, then step.
+clip_grad_norm_ divides by norm + 1e-6 where optax divides by the norm: a relative difference of
+1e-6 / norm in clipped steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt_jax.model import ModelConfig
+
+TORCH_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),  # exact erf, nanoGPT's nn.GELU()
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # minGPT's NewGELU
+    "relu": F.relu,
+}
+
+
+def biases(cfg: ModelConfig) -> dict[str, bool]:
+    """Which parameter groups carry a bias (ModelConfig.has_bias, plus the head's)."""
+    places = {p: cfg.has_bias(p) for p in ("qkv", "attn_proj", "mlp", "ln")}
+    return {**places, "head": cfg.bias_head}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's own has no bias=False before 2.1; nanoGPT's)."""
+
+    def __init__(self, n: int, bias: bool, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+        self.eps = eps
+
+    def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x_BxTxC, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        b, C = biases(cfg), cfg.n_embd
+        self.c_attn = nn.Linear(C, 3 * C, bias=b["qkv"])
+        self.c_proj = nn.Linear(C, C, bias=b["attn_proj"])
+        self.attn_p = cfg.attn_pdrop
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.n_head = cfg.n_head
+
+    def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
+        B, T, C = x_BxTxC.shape
+        H = self.n_head
+        q, k, v = self.c_attn(x_BxTxC).split(C, dim=2)
+        q_BxHxTxD, k_BxHxTxD, v_BxHxTxD = (
+            a.view(B, T, H, C // H).transpose(1, 2) for a in (q, k, v)
+        )
+        # nanoGPT's flash path: torch's fused causal attention, dropout on the attention weights.
+        y_BxHxTxD = F.scaled_dot_product_attention(
+            q_BxHxTxD,
+            k_BxHxTxD,
+            v_BxHxTxD,
+            dropout_p=self.attn_p if self.training else 0.0,
+            is_causal=True,
+        )
+        y_BxTxC = y_BxHxTxD.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y_BxTxC))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        bias, C = biases(cfg)["mlp"], cfg.n_embd
+        self.c_fc = nn.Linear(C, 4 * C, bias=bias)
+        self.c_proj = nn.Linear(4 * C, C, bias=bias)
+        self.act = TORCH_ACTIVATIONS[cfg.activation]
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x_BxTxC))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ln_bias = biases(cfg)["ln"]
+        self.ln_1 = LayerNorm(cfg.n_embd, ln_bias, cfg.ln_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, ln_bias, cfg.ln_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
+        x_BxTxC = x_BxTxC + self.attn(self.ln_1(x_BxTxC))
+        return x_BxTxC + self.mlp(self.ln_2(x_BxTxC))
+
+
+class GPT(nn.Module):
+    """nanoGPT's GPT: idx_BxT -> logits_BxTxV, every position (our model's output)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        b = biases(cfg)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=LayerNorm(cfg.n_embd, b["ln"], cfg.ln_eps),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=b["head"])
+        if cfg.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # nanoGPT's weight tying
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """nanoGPT's init: N(0, 0.02), zero biases, residual projections 0.02 / sqrt(2 n_layer);
+        init='normal' leaves the projections at 0.02, wpe_init='zeros' zeroes wpe."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        if self.cfg.init == "nanogpt":
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, 0.0, std)
+        if self.cfg.wpe_init == "zeros":
+            nn.init.zeros_(self.transformer.wpe.weight)
+
+    def forward(self, idx_BxT: torch.Tensor) -> torch.Tensor:
+        T = idx_BxT.shape[1]
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
+        pos_T = torch.arange(T, device=idx_BxT.device)
+        x_BxTxC = self.transformer.wte(idx_BxT) + self.transformer.wpe(pos_T)
+        x_BxTxC = self.transformer.drop(x_BxTxC)
+        for block in self.transformer.h:
+            x_BxTxC = block(x_BxTxC)
+        return self.lm_head(self.transformer.ln_f(x_BxTxC)).float()
+
+
+class Bigram(nn.Module):
+    """Karpathy's bigram: row idx of a V x V table is the next token's logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding_table = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+        nn.init.normal_(self.token_embedding_table.weight, 0.0, 0.02)  # as our Bigram
+
+    def forward(self, idx_BxT: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding_table(idx_BxT)
+
+
+def make_model(cfg: ModelConfig) -> nn.Module:
+    return Bigram(cfg) if cfg.arch == "bigram" else GPT(cfg)
+
+
+def decay_groups(model: nn.Module, mask: str) -> tuple[list[str], list[str]]:
+    """(decayed, not decayed) parameter names, each tensor once (a tied head under wte's name).
+
+    'ndim': every tensor with dim >= 2, embeddings included (nanoGPT's configure_optimizers).
+    'linear': the weights of nn.Linear modules that are not also an embedding (minGPT).
+    'all': every parameter (torch.optim.AdamW(model.parameters())).
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    linears = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    rules = {
+        "ndim": lambda p: p.dim() >= 2,
+        "linear": lambda p: id(p) in linears and id(p) not in embeddings,
+        "all": lambda p: True,
+    }
+    if mask not in rules:
+        raise ValueError(f"opt.decay_mask must be one of {sorted(rules)}, got {mask!r}")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # named_parameters yields a shared tensor once
+        (decay if rules[mask](p) else no_decay).append(name)
+    return decay, no_decay
+
+
+def lr_at(opt: Any, it: int, tokens_per_step: int) -> float:
+    """The lr of optimizer step `it`, in plain Python: nanoGPT's get_lr and its relatives."""
+    if opt.schedule == "constant":
+        return opt.lr
+    if opt.schedule == "nanogpt":
+        if it < opt.warmup_iters:
+            return opt.lr * (it + 1) / (opt.warmup_iters + 1)
+        if it > opt.lr_decay_iters:
+            return opt.min_lr
+        ratio = (it - opt.warmup_iters) / max(opt.lr_decay_iters - opt.warmup_iters, 1)
+        return opt.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (opt.lr - opt.min_lr)
+    if opt.schedule == "warmup_cosine":
+        if it < opt.warmup_iters:
+            return opt.lr * it / opt.warmup_iters
+        if it > opt.lr_decay_iters:
+            return opt.min_lr
+        ratio = (it - opt.warmup_iters) / max(opt.lr_decay_iters - opt.warmup_iters, 1)
+        return opt.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (opt.lr - opt.min_lr)
+    if opt.schedule == "mingpt":
+        tokens = (it + 1) * tokens_per_step  # minGPT counts the current batch
+        if tokens < opt.warmup_tokens:
+            return opt.lr * tokens / max(1, opt.warmup_tokens)
+        progress = (tokens - opt.warmup_tokens) / max(1, opt.final_tokens - opt.warmup_tokens)
+        return opt.lr * max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown opt.schedule {opt.schedule!r}")
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+
+def tensors(sd: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """numpy state_dict (convert.to_state_dict) -> fp32 tensors that own their memory."""
+    return {k: torch.tensor(np.asarray(v, np.float32)) for k, v in sd.items()}
+
+
+class Trainer:
+    """nanoGPT's training loop, one optimizer step per train_step call.
+
+    micro_batches: grad_accum (x_BxT, y_BxT) numpy pairs, the same our train_step stacks.
+    """
+
+    def __init__(self, cfg: ModelConfig, opt: Any, *, tokens_per_step: int, state_dict=None):
+        self.cfg, self.opt, self.tokens_per_step = cfg, opt, tokens_per_step
+        self.model = make_model(cfg)
+        if state_dict is not None:  # numpy arrays (convert.to_state_dict) or tensors
+            self.model.load_state_dict(tensors(state_dict))
+        decay, no_decay = decay_groups(self.model, opt.decay_mask)
+        named = dict(self.model.named_parameters())
+        groups = [
+            {"params": [named[n] for n in decay], "weight_decay": opt.weight_decay},
+            {"params": [named[n] for n in no_decay], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=lr_at(opt, 0, tokens_per_step),
+            betas=(opt.b1, opt.b2),
+            eps=opt.eps,
+            fused=False,
+        )
+        self.step = 0
+        self.autocast = cfg.dtype != "float32"
+
+    def _logits(self, x_BxT: np.ndarray) -> torch.Tensor:
+        dtype = getattr(torch, self.cfg.dtype)
+        with torch.autocast("cpu", dtype=dtype, enabled=self.autocast):
+            return self.model(_tensor(x_BxT)).float()
+
+    def train_step(self, micro_batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+        """One update; returns the mean loss over the micro-batches."""
+        self.model.train()
+        lr = lr_at(self.opt, self.step, self.tokens_per_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for x_BxT, y_BxT in micro_batches:
+            logits_BxTxV = self._logits(x_BxT)
+            loss = F.cross_entropy(logits_BxTxV.flatten(0, 1), _tensor(y_BxT).flatten())
+            (loss / len(micro_batches)).backward()  # nanoGPT: scale for accumulation
+            total += loss.item() / len(micro_batches)
+        if self.opt.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    @torch.no_grad()
+    def loss_sums(self, x_NxBxT: np.ndarray, y_NxBxT: np.ndarray, w_NxBxT: np.ndarray):
+        """(weighted loss sum, weight sum) over N batches, as evaluate.make_eval_step."""
+        self.model.eval()
+        loss_sum = weight = 0.0
+        for x_BxT, y_BxT, w_BxT in zip(x_NxBxT, y_NxBxT, w_NxBxT):
+            logits_BxTxV = self._logits(x_BxT)
+            losses = F.cross_entropy(
+                logits_BxTxV.flatten(0, 1), _tensor(y_BxT).flatten(), reduction="none"
+            )
+            w = torch.from_numpy(np.asarray(w_BxT, np.float32)).flatten()
+            loss_sum += float((losses * w).sum())
+            weight += float(w.sum())
+        return loss_sum, weight
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    idx_BxT: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """nanoGPT's generate: no cache, each token from a forward over the last block_size tokens."""
+    model.eval()
+    block_size = model.cfg.block_size
+    for _ in range(max_new_tokens):
+        logits_BxV = model(idx_BxT[:, -block_size:])[:, -1, :] / temperature
+        if top_k is not None:
+            kth_Bx1 = torch.topk(logits_BxV, min(top_k, logits_BxV.shape[-1])).values[:, [-1]]
+            logits_BxV[logits_BxV < kth_Bx1] = -float("inf")
+        probs_BxV = F.softmax(logits_BxV, dim=-1)
+        next_Bx1 = torch.multinomial(probs_BxV, num_samples=1, generator=generator)
+        idx_BxT = torch.cat((idx_BxT, next_Bx1), dim=1)
+    return idx_BxT

@@ -26,6 +26,7 @@ from minigpt_jax import data, metrics, optimizer, sample, sharding, train
 from minigpt_jax.model import ModelConfig, count_params, make_model
 
 METHODS = ("cached chunked", "cached exact", "recompute (nanoGPT-style)")
+TORCH_METHOD = "PyTorch nanoGPT generate"
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
@@ -119,9 +120,10 @@ def run_sample(
     lengths: Sequence[int] = (500, 2000),
     repeats: int = 3,
     num_samples: int = 1,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> list[dict]:
     """Times each method at each length (random init, a one-token prompt) and prints a table."""
+    out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
     params = nn.unbox(
         make_model(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.block_size), jnp.int32))
     )["params"]
@@ -134,6 +136,8 @@ def run_sample(
                                               window="exact", **kw),
         METHODS[2]: lambda n: recompute_generate(params, cfg, prompt, rng, max_new_tokens=n, **kw),
     }  # fmt: skip
+    if importlib.util.find_spec("torch") is not None and num_samples == 1:
+        runs[TORCH_METHOD] = _torch_generate(params, cfg)
     print(_machine(cfg, num_samples), file=out, flush=True)
     rows = []
     for n in lengths:
@@ -144,37 +148,51 @@ def run_sample(
                 times[m].append(_timed(run, n))
             print(f"  {n} new tokens: repeat {r + 1}/{repeats} done", file=out, flush=True)
         ref = statistics.median(times[METHODS[2]])
+        torch_ref = statistics.median(times[TORCH_METHOD]) if TORCH_METHOD in times else None
         for m in runs:
             med = statistics.median(times[m])
             rows.append(
                 dict(new_tokens=n, method=m, tok_s=num_samples * n / med, seconds=med,
                      spread=(min(times[m]), max(times[m])), first_call_s=compile_s[m],
-                     speedup=ref / med)
+                     speedup=ref / med, speedup_torch=torch_ref and torch_ref / med)
             )  # fmt: skip
     print(table(rows), file=out)
-    if importlib.util.find_spec("torch") is None:
-        print(
-            "PyTorch comparison skipped: torch is not installed (pip install -e '.[torch]'); "
-            "a later issue adds the torch baseline.",
-            file=out,
+    if TORCH_METHOD not in runs:
+        why = (
+            "num_samples > 1"
+            if num_samples > 1
+            else "torch is not installed (pip install -e '.[torch]')"
         )
-    else:
-        print("PyTorch comparison skipped: the torch baseline is not written yet.", file=out)
+        print(f"PyTorch comparison skipped: {why}.", file=out)
     return rows
+
+
+def _torch_generate(params: Any, cfg: ModelConfig):
+    """nanoGPT's generate (torch_ref: eager, no cache) on the same weights, one row."""
+    from minigpt_jax import convert
+
+    torch_ref = convert.require_torch()
+    torch = torch_ref.torch
+    model = torch_ref.make_model(cfg)
+    model.load_state_dict(torch_ref.tensors(convert.to_state_dict(jax.device_get(params), cfg)))
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    gen = torch.Generator().manual_seed(0)
+    return lambda n: torch_ref.generate(model, idx, n, generator=gen)
 
 
 def table(rows: list[dict]) -> str:
     lines = [
         "| new tokens | method | tokens/s (median) | seconds: median (min-max) | first call s "
-        "| x recompute |",
-        "|---:|---|---:|---|---:|---:|",
+        "| x recompute | x PyTorch |",
+        "|---:|---|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         lo, hi = r["spread"]
+        vs_torch = f"{r['speedup_torch']:.1f}x" if r.get("speedup_torch") else "-"
         lines.append(
             f"| {r['new_tokens']} | {r['method']} | {r['tok_s']:.1f} | "
             f"{r['seconds']:.2f} ({lo:.2f}-{hi:.2f}) | {r['first_call_s']:.1f} | "
-            f"{r['speedup']:.1f}x |"
+            f"{r['speedup']:.1f}x | {vs_torch} |"
         )
     return "\n".join(lines)
 
@@ -203,10 +221,18 @@ def _step_flops(compiled: Any) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def run_train(config: Any, *, steps: int = 20, warmup: int = 3, out: TextIO = sys.stdout) -> dict:
+def run_train(
+    config: Any, *, steps: int = 20, warmup: int = 3, vs_torch: bool = False,
+    torch_threads: int = 0, out: TextIO | None = None,
+) -> dict:  # fmt: skip
     """Compiles and times the config's train step (random tokens: speed does not depend on the
     data) the way `minigpt train` runs it: on the config's mesh, state donated, one host batch
-    made per step. Each step is synced so its time is its own."""
+    made per step. Each step is synced so its time is its own.
+
+    vs_torch: the PyTorch reference (torch_ref.Trainer, nanoGPT's loop, eager) trains the same
+    model from the same weights on the same batches, its steps alternating with ours, so a
+    burst of load hits both; 'speedup' is its median step time over ours."""
+    out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
     model_cfg = model_config(config)
     t = config.train
     tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
@@ -230,6 +256,9 @@ def run_train(config: Any, *, steps: int = 20, warmup: int = 3, out: TextIO = sy
             micro = [batches.batch(i * t.grad_accum + m) for m in range(t.grad_accum)]
             return sharding.put_batch(tuple(np.stack(a) for a in zip(*micro)), batch_sharding)
 
+        torch_trainer = None
+        if vs_torch:
+            torch_trainer = _torch_trainer(config, model_cfg, state.params, torch_threads)
         rng = jax.random.key(t.seed)
         batch0 = host_batch(0)
         t0 = time.perf_counter()
@@ -238,13 +267,18 @@ def run_train(config: Any, *, steps: int = 20, warmup: int = 3, out: TextIO = sy
         compiled = lowered.compile()  # from the persistent cache when it holds this program
         t2 = time.perf_counter()
         trace_s, compile_s = t1 - t0, t2 - t1
-        times = []
+        times, torch_times = [], []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             state, step_metrics = compiled(state, host_batch(i), rng)
             jax.block_until_ready((state, step_metrics))
             times.append(time.perf_counter() - t0)
-    times = times[warmup:]
+            if torch_trainer is not None:  # nanoGPT's loop makes its batch per step too
+                t0 = time.perf_counter()
+                micro = [batches.batch(i * t.grad_accum + m) for m in range(t.grad_accum)]
+                torch_trainer.train_step(micro)
+                torch_times.append(time.perf_counter() - t0)
+    times, torch_times = times[warmup:], torch_times[warmup:]
     median = statistics.median(times)
     device = jax.devices()[0]
     flops = _step_flops(compiled)
@@ -274,8 +308,43 @@ def run_train(config: Any, *, steps: int = 20, warmup: int = 3, out: TextIO = sy
         "peak_source": peak_source,
         "mfu": None if flops is None else flops / median / peak_total,
     }
+    if torch_times:
+        import torch
+
+        torch_median = statistics.median(torch_times)
+        row["torch"] = {
+            "ms_per_iter": {"median": 1e3 * torch_median, "min": 1e3 * min(torch_times),
+                            "max": 1e3 * max(torch_times)},
+            "tokens_per_s": tokens_per_step / torch_median,
+            "threads": torch.get_num_threads(),
+            "version": torch.__version__,
+        }  # fmt: skip
+        row["speedup_vs_torch"] = torch_median / median
     print(train_table([row]), file=out)
+    if torch_times:
+        tt = row["torch"]
+        print(
+            f"PyTorch eager ({tt['version']}, {tt['threads']} threads), same steps in turn: "
+            f"{tt['ms_per_iter']['median']:.1f} ms/iter median ({tt['ms_per_iter']['min']:.1f}"
+            f"-{tt['ms_per_iter']['max']:.1f}); ours is {row['speedup_vs_torch']:.2f}x its speed",
+            file=out,
+        )
     return row
+
+
+def _torch_trainer(config: Any, model_cfg: ModelConfig, params: Any, threads: int) -> Any:
+    """torch_ref.Trainer for the config, starting from our (host-copied) initial params."""
+    from minigpt_jax import convert
+
+    torch_ref = convert.require_torch()
+    if threads:
+        torch_ref.torch.set_num_threads(threads)
+    t = config.train
+    tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
+    state_dict = convert.to_state_dict(jax.device_get(params), model_cfg)
+    return torch_ref.Trainer(
+        model_cfg, config.opt, tokens_per_step=tokens_per_step, state_dict=state_dict
+    )
 
 
 def train_table(rows: list[dict]) -> str:

@@ -6,6 +6,7 @@ Thin: parsing, then one library call.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import pathlib
 import sys
@@ -26,6 +27,7 @@ commands:
            [--seed S] [--window chunked|exact]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--cpu_devices N]
+           [--vs torch] [--torch_threads N]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
   convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR [--overwrite]
            [--n_head H] [--activation A] [--data_dir DIR]      import into a run workdir
@@ -184,6 +186,10 @@ def _bench(FLAGS: flags.FlagValues, what: str) -> None:
         raise UsageError(f"bad model section in --config: {e}") from None
     out = _out_path(FLAGS.out)
     _enable_compilation_cache()
+    if FLAGS.torch_threads and importlib.util.find_spec("torch"):
+        import torch
+
+        torch.set_num_threads(FLAGS.torch_threads)
     rows = bench.run_sample(
         cfg, lengths=lengths, repeats=FLAGS.repeats, num_samples=FLAGS.num_samples
     )
@@ -209,7 +215,13 @@ def _bench_train(FLAGS: flags.FlagValues) -> None:
     except (KeyError, TypeError, ValueError) as e:
         raise UsageError(f"bad model section in --config: {e}") from None
     _enable_compilation_cache()
-    row = bench.run_train(config, steps=steps)
+    if FLAGS.vs == "torch":
+        from minigpt_jax import convert
+
+        convert.require_torch()  # before compiling anything: the line that says how to get it
+    row = bench.run_train(
+        config, steps=steps, vs_torch=FLAGS.vs == "torch", torch_threads=FLAGS.torch_threads
+    )
     if out:
         from minigpt_jax.data import atomic_write_bytes
 

@@ -98,7 +98,11 @@ def define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_integer(
         "torch_threads",
         0,
-        "compare: torch.set_num_threads; 0 keeps torch's default.",
+        "compare, bench: torch.set_num_threads; 0 keeps torch's default.",
         flag_values=f,
     )
+    flags.DEFINE_enum(
+        "vs", None, ["torch"], "bench train: also time the PyTorch reference, in turn.",
+        flag_values=f,
+    )  # fmt: skip
     return f

@@ -235,6 +235,7 @@ def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
     out = tmp_path / "train.json"
     smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
     args = ["minigpt", "bench", "train", "--config", smoke, "--steps", "2", "--out", str(out)]
+    args += ["--vs", "torch", "--torch_threads", "1"]
     assert cli.main(args) == 0, capsys.readouterr().err
     row = json.loads(out.read_text())
     tokens = 16 * 32
@@ -243,6 +244,19 @@ def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
     ms = row["ms_per_iter"]
     assert ms["min"] <= ms["median"] <= ms["max"] and row["compile_s"] > 0
     assert row["config"] == "2/2/32 block 32 batch 16x1 (float32)"  # the smoke model ran
+    # The PyTorch reference took its turns: a ratio of two measured medians.
+    torch_ms = row["torch"]["ms_per_iter"]["median"]
+    assert row["speedup_vs_torch"] == pytest.approx(torch_ms / ms["median"])
+    assert "ours is" in capsys.readouterr().out
+
+
+def test_bench_sample_times_pytorch_generate_on_the_same_weights(capsys):
+    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
+    args = ["minigpt", "bench", "sample", "--config", smoke, "--lengths", "40", "--repeats", "1"]
+    assert cli.main([*args, "--torch_threads", "1"]) == 0, capsys.readouterr().err
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40 |")]
+    assert [r.split(" | ")[1] for r in rows] == [*bench.METHODS, bench.TORCH_METHOD]
+    assert all(r.rstrip(" |").endswith("x") for r in rows)  # every row has its x PyTorch
 
 
 def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):

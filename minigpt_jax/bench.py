@@ -216,9 +216,12 @@ def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def _step_flops(compiled: Any) -> float | None:
+    """The whole step's FLOPs: XLA costs the SPMD-partitioned program, one device's share."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
-    return float(cost["flops"]) if cost and "flops" in cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"]) * jax.device_count()
 
 
 def run_train(

@@ -30,7 +30,9 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def _millions(x: int | None) -> str:
-    return "-" if x is None else f"{x / 1e6:.2f}M"
+    if x is None:
+        return "-"
+    return f"{x:,}" if x < 100_000 else f"{x / 1e6:.2f}M"
 
 
 def _minutes(s: float | None) -> str:

@@ -272,3 +272,5 @@ def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = json.loads(out.read_text())
     assert row["device_count"] == 2 and row["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    # The step's FLOPs are the whole step's, not one device's half of it.
+    assert 1.0 < row["flops_per_step"] / (6 * row["params"] * 16 * 32) < 1.6

@@ -1,7 +1,8 @@
 """The PyTorch reference: nanoGPT's GPT and trainer, written against our ModelConfig and opt.
 
-Only convert.py and compare.py import this module, inside functions (convert.require_torch), so
-torch stays an optional extra: `pip install -e '.[torch]'` (torch==2.13.0, the CPU wheel).
+Only convert.py, compare.py and bench.py import this module, inside functions
+(convert.require_torch), so torch stays an optional extra: `pip install -e '.[torch]'`
+(torch==2.13.0, the CPU wheel).
 
 state_dict names are nanoGPT's (and minGPT's): transformer.wte.weight, transformer.wpe.weight,
 transformer.h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}.{weight, bias},

@@ -252,3 +252,18 @@ def test_train_prepares_any_corpus_given_as_data_input(tmp_path, capsys):
     assert json.loads((tmp_path / "run/config.json").read_text())["model"]["vocab_size"] == len(
         set(poem)
     )
+
+
+def test_report_draws_a_run_without_val_split_by_its_train_estimate(tmp_path):
+    """minGPT's recipe has no val split: its row shows '-' for val, its curve the train loss."""
+    from minigpt_jax import report
+
+    run = tmp_path / "noval"
+    run.mkdir()
+    evals = [{"kind": "eval", "step": s, "train_loss": 4.0 - s / 100} for s in (0, 50, 100)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    loaded = report.load_run(run)
+    row = report.table([loaded]).splitlines()[-1]
+    assert row.startswith(f"| {run} |") and "| - |" in row
+    report.report([str(run)], tmp_path / "rep")  # plots the train estimate: no val points
+    assert (tmp_path / "rep/val_curves.png").stat().st_size > 1000

@@ -44,9 +44,7 @@ def _split_cpu(n: int) -> None:
 
     if n < 1:
         raise UsageError("--cpu_devices must be at least 1")
-    flag = f"--xla_force_host_platform_device_count={n}"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-    if "jax" in sys.modules:  # a caller already started jax (an in-process call)
+    if "jax" in sys.modules:  # a caller already has jax (an in-process call): too late to split
         import jax
 
         if jax.default_backend() == "cpu" and jax.device_count() != n:
@@ -54,6 +52,10 @@ def _split_cpu(n: int) -> None:
                 f"--cpu_devices {n}: jax already started with {jax.device_count()} CPU "
                 "device(s) in this process; pass the flag to a fresh `minigpt` process"
             )
+        return
+    # Only a process about to start jax changes its XLA_FLAGS (they outlive this call).
+    flag = f"--xla_force_host_platform_device_count={n}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
 
 def _enable_compilation_cache() -> None:

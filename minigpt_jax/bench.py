@@ -248,16 +248,11 @@ def run_train(
                            seed=0)  # fmt: skip
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         state, shardings, _ = train.create_train_state(model, tx, model_cfg, mesh, t.seed)
-        batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
-        step_fn = jax.jit(
-            train.make_train_step(model, tx, schedule),
-            in_shardings=(shardings, (batch_sharding, batch_sharding), sharding.replicated(mesh)),
-            donate_argnums=0,
-        )
-
-        def host_batch(i: int):
-            micro = [batches.batch(i * t.grad_accum + m) for m in range(t.grad_accum)]
-            return sharding.put_batch(tuple(np.stack(a) for a in zip(*micro)), batch_sharding)
+        step_fn = train.jit_train_step(model, tx, schedule, shardings, mesh)
+        host_batch = functools.partial(
+            train.host_batch, batches, grad_accum=t.grad_accum,
+            batch_sharding=sharding.batch_sharding(mesh, leading_dims=1),
+        )  # fmt: skip
 
         torch_trainer = None
         if vs_torch:

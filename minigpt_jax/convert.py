@@ -31,7 +31,7 @@ from ml_collections import config_dict
 
 from minigpt_jax import checkpoint, data, optimizer
 from minigpt_jax.errors import UsageError
-from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax.model import BIAS_PLACES, ModelConfig, make_model
 from minigpt_jax.train import TrainState
 
 COMPILE_PREFIX = "_orig_mod."  # torch.compile's wrapper adds it to every key
@@ -353,7 +353,7 @@ def nanogpt_incompatible(cfg: ModelConfig) -> list[str]:
         bad.append(f"activation={cfg.activation!r}")
     if cfg.ln_eps != 1e-5:
         bad.append(f"ln_eps={cfg.ln_eps}")
-    if cfg.bias_head or len({cfg.has_bias(p) for p in ("qkv", "attn_proj", "mlp", "ln")}) > 1:
+    if cfg.bias_head or len({cfg.has_bias(p) for p in BIAS_PLACES}) > 1:
         bad.append("per-place biases")
     return bad
 

@@ -183,7 +183,7 @@ def eval_sampler(cfg: Any, model_cfg: ModelConfig, meta: dict) -> Callable | Non
                 kw["top_k"] = int(kw["top_k"])
             if set(kw) != {"temperature", "top_k", "top_p"}:
                 raise ValueError
-            sample._check([prompt], model_cfg, 1, **kw, num_samples=1, window="chunked")
+            sample.check_args([prompt], model_cfg, 1, **kw, num_samples=1, window="chunked")
         except ValueError:
             raise UsageError(
                 f"sample.settings: cannot read {part!r}; write e.g. 'temperature=0.8 top_k=200; "

@@ -44,7 +44,7 @@ ATTENTIONS = ("xla", "cudnn", "pallas")
 # 'normal': N(0, 0.02) everywhere (the lecture's and the early minGPT's _init_weights).
 INITS = ("nanogpt", "normal")
 WPE_INITS = ("normal", "zeros")  # 'zeros': the early minGPT's nn.Parameter(torch.zeros(...))
-BIAS_PLACES = ("bias_qkv", "bias_attn_proj", "bias_mlp", "bias_ln")
+BIAS_PLACES = ("qkv", "attn_proj", "mlp", "ln")  # each has a bias_<place> field
 # Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
@@ -89,9 +89,10 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {value}")
-        for name in ("bias", "tie_embeddings", "bias_head", *BIAS_PLACES):
+        places = tuple(f"bias_{p}" for p in BIAS_PLACES)
+        for name in ("bias", "tie_embeddings", "bias_head", *places):
             value = getattr(self, name)
-            if not isinstance(value, bool) and not (value is None and name in BIAS_PLACES):
+            if not isinstance(value, bool) and not (value is None and name in places):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r}")
         if self.bias_head and self.tie_embeddings:
             raise ValueError("ModelConfig.bias_head needs an untied head: set tie_embeddings=False")

@@ -195,7 +195,10 @@ def _as_prompts(prompt: Any) -> tuple[list[np.ndarray], bool]:
     return [np.asarray(prompt, np.int32)], True
 
 
-def _check(prompts, cfg, max_new_tokens, temperature, top_k, top_p, num_samples, window) -> None:
+def check_args(
+    prompts, cfg, max_new_tokens, temperature, top_k, top_p, num_samples, window
+) -> None:
+    """ValueError naming the first bad sampling argument (also used to check config settings)."""
     if not prompts or any(p.ndim != 1 or len(p) == 0 for p in prompts):
         raise ValueError("each prompt must be a non-empty 1-D sequence of token ids")
     for p in prompts:
@@ -226,7 +229,7 @@ def _run(
     steps, first_sample, with_logits,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:  # fmt: skip
     """Yields (tokens_NxK, logits_NxKxV or None), one decode call of `steps` tokens at a time."""
-    _check(prompts, cfg, max_new_tokens, temperature, top_k, top_p, num_samples, window)
+    check_args(prompts, cfg, max_new_tokens, temperature, top_k, top_p, num_samples, window)
     if max_new_tokens == 0:
         return
     state = _start(params, cfg, prompts, num_samples)

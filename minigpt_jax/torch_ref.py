@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt_jax.model import ModelConfig
+from minigpt_jax.model import BIAS_PLACES, ModelConfig
 
 TORCH_ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact erf, nanoGPT's nn.GELU()
@@ -40,7 +40,7 @@ TORCH_ACTIVATIONS = {
 
 def biases(cfg: ModelConfig) -> dict[str, bool]:
     """Which parameter groups carry a bias (ModelConfig.has_bias, plus the head's)."""
-    places = {p: cfg.has_bias(p) for p in ("qkv", "attn_proj", "mlp", "ln")}
+    places = {p: cfg.has_bias(p) for p in BIAS_PLACES}
     return {**places, "head": cfg.bias_head}
 
 

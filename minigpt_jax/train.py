@@ -108,6 +108,33 @@ def make_train_step(
     return train_step
 
 
+def jit_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    shardings: Any,
+    mesh: Any,
+    *,
+    skip_nonfinite: bool = False,
+) -> Callable:
+    """The train step jitted over the mesh: state donated, batches split over data x fsdp."""
+    batch = sharding.batch_sharding(mesh, leading_dims=1)
+    repl = sharding.replicated(mesh)
+    return jax.jit(
+        make_train_step(model, tx, schedule, skip_nonfinite=skip_nonfinite),
+        in_shardings=(shardings, (batch, batch), repl),
+        out_shardings=(shardings, repl),
+        donate_argnums=0,
+    )
+
+
+def host_batch(batches: data.Batches, step: int, *, grad_accum: int, batch_sharding: Any) -> tuple:
+    """Update `step`'s micro-batches (x_AxBxT, y_AxBxT) as global arrays laid out by
+    batch_sharding."""
+    micro = [batches.batch(step * grad_accum + m) for m in range(grad_accum)]
+    return sharding.put_batch(tuple(np.stack(a) for a in zip(*micro)), batch_sharding)
+
+
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, model_cfg: ModelConfig, mesh, seed: int
 ):
@@ -231,11 +258,8 @@ def train_and_evaluate(
                 )
                 batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
                 repl = sharding.replicated(mesh)
-                train_step = jax.jit(
-                    make_train_step(model, tx, schedule, skip_nonfinite=t.skip_nonfinite),
-                    in_shardings=(shardings, (batch_sharding, batch_sharding), repl),
-                    out_shardings=(shardings, repl),
-                    donate_argnums=0,
+                train_step = jit_train_step(
+                    model, tx, schedule, shardings, mesh, skip_nonfinite=t.skip_nonfinite
                 )
                 eval_step = jax.jit(
                     make_eval_step(model),
@@ -243,12 +267,10 @@ def train_and_evaluate(
                     out_shardings=repl,
                 )
 
-                def train_batch(step: int):
-                    micro = [
-                        train_batches.batch(step * t.grad_accum + m) for m in range(t.grad_accum)
-                    ]
-                    x_AxBxT, y_AxBxT = (np.stack(a) for a in zip(*micro))
-                    return sharding.put_batch((x_AxBxT, y_AxBxT), batch_sharding)
+                train_batch = functools.partial(
+                    host_batch, train_batches, grad_accum=t.grad_accum,
+                    batch_sharding=batch_sharding,
+                )  # fmt: skip
 
                 run_eval = functools.partial(
                     evaluate,

@@ -23,12 +23,13 @@ import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from minigpt_jax.layers import LINEAR_VJPS, Linear, matmul, normal_init, xla_attention
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # nanoGPT: nn.GELU(), exact erf
@@ -75,6 +76,7 @@ class ModelConfig:
     attention: str = "xla"  # 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
     init: str = "nanogpt"  # 'nanogpt' (scaled residual projections) | 'normal'
     wpe_init: str = "normal"  # 'normal' N(0, 0.02) | 'zeros'
+    linear_vjp: str = "auto"  # the Linears' backward pass: 'auto' | 'xla' | 'narrow' (layers.py)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -115,6 +117,11 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.attention must be one of {list(ATTENTIONS)}, got {self.attention!r}"
             )
+        if self.linear_vjp not in LINEAR_VJPS:
+            raise ValueError(
+                f"ModelConfig.linear_vjp must be one of {list(LINEAR_VJPS)}, "
+                f"got {self.linear_vjp!r}"
+            )
         if self.arch not in ARCHS:
             raise ValueError(f"ModelConfig.arch must be one of {list(ARCHS)}, got {self.arch!r}")
         if not self.ln_eps > 0:
@@ -142,38 +149,6 @@ class ModelConfig:
         return self.dropout if self.attn_dropout is None else self.attn_dropout
 
 
-def _normal(std: float, axes: tuple[str, ...]) -> nn.initializers.Initializer:
-    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
-
-
-class Linear(nn.Module):
-    """torch.nn.Linear with a (in, out) kernel, logical axes and an output dtype."""
-
-    features: int
-    axes: tuple[str, str]
-    std: float
-    use_bias: bool
-    dtype: Any
-    out_dtype: Any = None  # None: the compute dtype
-
-    @nn.compact
-    def __call__(self, x_BxTxI: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", _normal(self.std, self.axes), (x_BxTxI.shape[-1], self.features)
-        )
-        out_dtype = self.out_dtype or self.dtype
-        y_BxTxO = jnp.einsum(
-            "...i,io->...o",
-            x_BxTxI.astype(self.dtype),
-            kernel.astype(self.dtype),
-            preferred_element_type=out_dtype,
-        )
-        if self.use_bias:
-            init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:])
-            y_BxTxO = y_BxTxO + self.param("bias", init, (self.features,)).astype(out_dtype)
-        return y_BxTxO
-
-
 def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.ln_eps,
@@ -186,26 +161,16 @@ def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
+def _linear(
+    cfg: ModelConfig, features: int, axes: tuple[str, str], std: float, place: str, name: str
+) -> Linear:
+    dt, vjp = cfg.compute_dtype, cfg.linear_vjp
+    return Linear(features, axes, std, cfg.has_bias(place), dt, vjp=vjp, name=name)
+
+
 def _proj_std(cfg: ModelConfig) -> float:
     # nanoGPT: residual projections get std 0.02 / sqrt(2 * n_layer) (GPT-2 paper).
     return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.init == "nanogpt" else 0.02
-
-
-def _xla_attention(
-    q_BxTxHxD: jax.Array,
-    k_BxSxHxD: jax.Array,
-    v_BxSxHxD: jax.Array,
-    mask_BxTxS: jax.Array,
-    dropout: Callable[[jax.Array], jax.Array],
-    dtype: Any,
-) -> jax.Array:
-    # Scores and softmax in fp32 whatever the compute dtype.
-    att_BxHxTxS = jnp.einsum(
-        "bqhd,bkhd->bhqk", q_BxTxHxD, k_BxSxHxD, preferred_element_type=jnp.float32
-    ) / math.sqrt(q_BxTxHxD.shape[-1])
-    att_BxHxTxS = jnp.where(mask_BxTxS[:, None], att_BxHxTxS, -jnp.inf)
-    att_BxHxTxS = dropout(jax.nn.softmax(att_BxHxTxS, axis=-1))
-    return jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxS.astype(dtype), v_BxSxHxD)
 
 
 def _flash_attention(
@@ -260,9 +225,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x_BxTxC.shape
         H, D = cfg.n_head, C // cfg.n_head
         dt = cfg.compute_dtype
-        qkv_BxTx3C = Linear(3 * C, ("embed", "qkv"), 0.02, cfg.has_bias("qkv"), dt, name="c_attn")(
-            x_BxTxC
-        )
+        c_attn = _linear(cfg, 3 * C, ("embed", "qkv"), 0.02, "qkv", "c_attn")
+        qkv_BxTx3C = c_attn(x_BxTxC)
         q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (
             a.reshape(B, T, H, D) for a in jnp.split(qkv_BxTx3C, 3, axis=-1)
         )
@@ -283,11 +247,9 @@ class CausalSelfAttention(nn.Module):
             y_BxTxHxD = _flash_attention(cfg, q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, deterministic)
         if y_BxTxHxD is None:
             dropout = functools.partial(nn.Dropout(cfg.attn_pdrop), deterministic=deterministic)
-            y_BxTxHxD = _xla_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, dt)
+            y_BxTxHxD = xla_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, dt)
         y_BxTxC = y_BxTxHxD.reshape(B, T, C)
-        proj = Linear(
-            C, ("heads", "embed"), _proj_std(cfg), cfg.has_bias("attn_proj"), dt, name="c_proj"
-        )
+        proj = _linear(cfg, C, ("heads", "embed"), _proj_std(cfg), "attn_proj", "c_proj")
         y_BxTxC = proj(y_BxTxC)
         return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic), kv
 
@@ -298,12 +260,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.cfg
-        C, dt = x_BxTxC.shape[-1], cfg.compute_dtype
-        h_BxTxF = Linear(4 * C, ("embed", "mlp"), 0.02, cfg.has_bias("mlp"), dt, name="c_fc")(
-            x_BxTxC
-        )
+        C = x_BxTxC.shape[-1]
+        h_BxTxF = _linear(cfg, 4 * C, ("embed", "mlp"), 0.02, "mlp", "c_fc")(x_BxTxC)
         h_BxTxF = ACTIVATIONS[cfg.activation](h_BxTxF)
-        proj = Linear(C, ("mlp", "embed"), _proj_std(cfg), cfg.has_bias("mlp"), dt, name="c_proj")
+        proj = _linear(cfg, C, ("mlp", "embed"), _proj_std(cfg), "mlp", "c_proj")
         y_BxTxC = proj(h_BxTxF)
         return nn.Dropout(cfg.dropout)(y_BxTxC, deterministic=deterministic)
 
@@ -347,9 +307,11 @@ class GPT(nn.Module):
         T = idx_BxT.shape[1]
         if T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
-        wte_VxC = self.param("wte", _normal(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.n_embd))
+        wte_VxC = self.param(
+            "wte", normal_init(0.02, ("vocab", "embed")), (cfg.vocab_size, cfg.n_embd)
+        )
         wpe_init = (
-            _normal(0.02, ("pos", "embed"))
+            normal_init(0.02, ("pos", "embed"))
             if cfg.wpe_init == "normal"
             else nn.with_logical_partitioning(nn.initializers.zeros, ("pos", "embed"))
         )
@@ -366,12 +328,8 @@ class GPT(nn.Module):
             new_cache.append(kv)
         x_BxTxC = _layer_norm(cfg, "ln_f")(x_BxTxC)
         if cfg.tie_embeddings:
-            logits_BxTxV = jnp.einsum(
-                "btc,vc->btv",
-                x_BxTxC,
-                wte_VxC.astype(cfg.compute_dtype),
-                preferred_element_type=jnp.float32,
-            )
+            wte_CxV = wte_VxC.astype(cfg.compute_dtype).T
+            logits_BxTxV = matmul(x_BxTxC, wte_CxV, jnp.float32, cfg.linear_vjp)
         else:
             head = Linear(
                 cfg.vocab_size,
@@ -380,6 +338,7 @@ class GPT(nn.Module):
                 cfg.bias_head,
                 cfg.compute_dtype,
                 out_dtype=jnp.float32,
+                vjp=cfg.linear_vjp,
                 name="lm_head",
             )
             logits_BxTxV = head(x_BxTxC)
@@ -402,7 +361,7 @@ class Bigram(nn.Module):
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         del deterministic, pos_BxT  # no dropout, no positions: the table is the whole model
         V = self.cfg.vocab_size
-        table_VxV = self.param("wte", _normal(0.02, ("vocab", "vocab_out")), (V, V))
+        table_VxV = self.param("wte", normal_init(0.02, ("vocab", "vocab_out")), (V, V))
         logits_BxTxV = jnp.take(table_VxV, idx_BxT, axis=0).astype(jnp.float32)
         return logits_BxTxV if cache is None else (logits_BxTxV, cache)
 

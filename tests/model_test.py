@@ -196,6 +196,7 @@ def test_bigram_is_a_table_of_next_token_logits():
         ({"wpe_init": "ones"}, "wpe_init"),
         ({"bias_head": True}, "bias_head"),  # with the tied head
         ({"bias_mlp": "yes"}, "bias_mlp"),
+        ({"linear_vjp": "fast"}, "linear_vjp"),
     ],
 )
 def test_invalid_config_names_the_field(change, field):
@@ -219,3 +220,32 @@ def test_unavailable_attention_kernel_falls_back_to_xla_and_says_so(tiny, attent
         out = make_model(fast).apply({"params": params}, x)
     np.testing.assert_array_equal(out, model.apply({"params": params}, x))
     assert f"attention={attention} falls back to xla" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"bias": True, "tie_embeddings": False, "bias_head": True}, {"dtype": "bfloat16"}],
+    ids=["tied", "bias-untied", "bf16"],
+)
+def test_narrow_linear_vjp_gives_xla_gradients(change):
+    """layers.narrow_matmul's hand-written backward equals XLA's own (inputs' grads included)."""
+    cfg = dataclasses.replace(TINY, **change)
+    _, params = init_params(cfg)
+    x = jax.random.randint(jax.random.key(1), (3, cfg.block_size), 0, cfg.vocab_size)
+    y = jnp.roll(x, -1, axis=1)
+
+    def grads(vjp):
+        model = make_model(dataclasses.replace(cfg, linear_vjp=vjp))
+
+        def loss(p):
+            logits = model.apply({"params": p}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.jit(jax.grad(loss))(params)
+
+    xla, narrow = grads("xla"), grads("narrow")
+    tol = 2e-2 if cfg.dtype == "bfloat16" else 1e-5
+    assert jax.tree.structure(xla) == jax.tree.structure(narrow)
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(narrow), strict=True):
+        scale = float(jnp.abs(a).max()) or 1.0
+        np.testing.assert_allclose(np.asarray(b) / scale, np.asarray(a) / scale, atol=tol)

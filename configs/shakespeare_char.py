@@ -53,6 +53,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     # Linears' backward: 'auto' (= 'narrow' on CPU: transposes the narrower operand of the weight
     # gradient, ~1.4x faster steps there; 'xla' elsewhere) | 'xla' | 'narrow'. Same math.
     c.model.linear_vjp = "auto"
+    c.model.remat = "none"  # 'none' | 'block' | 'dots': activation memory for recompute
 
     c.opt = config_dict.ConfigDict()
     # 'nanogpt' (warmup + cosine) | 'warmup_cosine' (warmup from lr 0) | 'constant' | 'mingpt'

@@ -286,9 +286,12 @@ def run_train(
     else:  # one GEMM already uses every core, however many XLA devices split the host
         peak_total = cpu_gemm_peak()
         peak_source = "measured fp32 GEMM (2048^3, best of 5)"
+    levers = [model_cfg.dtype]  # the speed levers that differ from their defaults
+    levers += [f"remat {model_cfg.remat}"] if model_cfg.remat != "none" else []
+    levers += [f"linear_vjp {model_cfg.linear_vjp}"] if model_cfg.linear_vjp != "auto" else []
     row = {
         "config": f"{model_cfg.n_layer}/{model_cfg.n_head}/{model_cfg.n_embd} block "
-        f"{model_cfg.block_size} batch {t.batch_size}x{t.grad_accum} ({model_cfg.dtype})",
+        f"{model_cfg.block_size} batch {t.batch_size}x{t.grad_accum} ({', '.join(levers)})",
         "params": count_params(state.params)[1],
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
@@ -305,6 +308,7 @@ def run_train(
         "peak_flops": peak_total,
         "peak_source": peak_source,
         "mfu": None if flops is None else flops / median / peak_total,
+        "temp_bytes": _temp_bytes(compiled),
     }
     if torch_times:
         import torch
@@ -345,20 +349,29 @@ def _torch_trainer(config: Any, model_cfg: ModelConfig, params: Any, threads: in
     )
 
 
+def _temp_bytes(compiled: Any) -> int | None:
+    """XLA's scratch memory for one device's step: the activations the backward pass keeps."""
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except (AttributeError, TypeError):  # a backend without memory analysis
+        return None
+
+
 def train_table(rows: list[dict]) -> str:
     lines = [
         "| run | trace + compile s | ms/iter median (min-max) | tokens/s | GFLOP/step | MFU "
-        "| peak |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| peak | temp MiB |",
+        "|---|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         ms = r["ms_per_iter"]
         gflop = "-" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:.2f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        temp = "-" if r.get("temp_bytes") is None else f"{r['temp_bytes'] / 2**20:.1f}"
         lines.append(
             f"| {r.get('name', r['config'])} | {r['trace_s']:.2f} + {r['compile_s']:.2f} "
             f"| {ms['median']:.1f} "
             f"({ms['min']:.1f}-{ms['max']:.1f}) | {r['tokens_per_s']:.0f} | {gflop} | {mfu} "
-            f"| {r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']} |"
+            f"| {r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']} | {temp} |"
         )
     return "\n".join(lines)

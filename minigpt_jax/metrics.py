@@ -15,6 +15,21 @@ from minigpt_jax.data import atomic_write_bytes
 METRICS_FILE = "metrics.jsonl"
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it
+    is installed (2.5-4 s here) only to accept torch tensors, and we log Python numbers."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which it handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends one JSON line per record and mirrors scalars to TensorBoard and the terminal.
 
@@ -39,7 +54,7 @@ class MetricsWriter:
             kept = [r for r in read_metrics(workdir) if r["step"] <= initial]
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
             self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
-            from tensorboardX import SummaryWriter  # deferred: slow import, process 0 only
+            SummaryWriter = _summary_writer_class()  # deferred: slow import, process 0 only
 
             # purge_step hides events the interrupted run logged past the resume point.
             self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"), purge_step=initial + 1)

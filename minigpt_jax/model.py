@@ -46,6 +46,14 @@ ATTENTIONS = ("xla", "cudnn", "pallas")
 INITS = ("nanogpt", "normal")
 WPE_INITS = ("normal", "zeros")  # 'zeros': the early minGPT's nn.Parameter(torch.zeros(...))
 BIAS_PLACES = ("qkv", "attn_proj", "mlp", "ln")  # each has a bias_<place> field
+# Activation memory against compute: 'none' keeps every activation for the backward pass; 'block'
+# keeps only each block's input and recomputes the rest; 'dots' also keeps matmul outputs without
+# batch dims (the Linears), recomputing elementwise work and attention.
+REMATS = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 # Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
@@ -77,6 +85,7 @@ class ModelConfig:
     init: str = "nanogpt"  # 'nanogpt' (scaled residual projections) | 'normal'
     wpe_init: str = "normal"  # 'normal' N(0, 0.02) | 'zeros'
     linear_vjp: str = "auto"  # the Linears' backward pass: 'auto' | 'xla' | 'narrow' (layers.py)
+    remat: str = "none"  # recompute in the backward pass, per block: REMATS
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -117,6 +126,8 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.attention must be one of {list(ATTENTIONS)}, got {self.attention!r}"
             )
+        if self.remat not in REMATS:
+            raise ValueError(f"ModelConfig.remat must be one of {list(REMATS)}, got {self.remat!r}")
         if self.linear_vjp not in LINEAR_VJPS:
             raise ValueError(
                 f"ModelConfig.linear_vjp must be one of {list(LINEAR_VJPS)}, "
@@ -322,9 +333,12 @@ class GPT(nn.Module):
             x_BxTxC = jnp.take(wte_VxC, idx_BxT, axis=0) + jnp.take(wpe_TxC, pos_BxT, axis=0)
         x_BxTxC = nn.Dropout(cfg.dropout)(x_BxTxC, deterministic)
         new_cache = []
+        block = Block
+        if cfg.remat != "none" and cache is None:  # argnum 2 (self is 0): `deterministic`
+            block = nn.remat(Block, static_argnums=(2,), policy=REMATS[cfg.remat])
         for i in range(cfg.n_layer):
             kv = None if cache is None else cache[i]
-            x_BxTxC, kv = Block(cfg, name=f"h_{i}")(x_BxTxC, deterministic, pos_BxT, kv)
+            x_BxTxC, kv = block(cfg, name=f"h_{i}")(x_BxTxC, deterministic, pos_BxT, kv)
             new_cache.append(kv)
         x_BxTxC = _layer_norm(cfg, "ln_f")(x_BxTxC)
         if cfg.tie_embeddings:

@@ -197,6 +197,7 @@ def test_bigram_is_a_table_of_next_token_logits():
         ({"bias_head": True}, "bias_head"),  # with the tied head
         ({"bias_mlp": "yes"}, "bias_mlp"),
         ({"linear_vjp": "fast"}, "linear_vjp"),
+        ({"remat": "all"}, "remat"),
     ],
 )
 def test_invalid_config_names_the_field(change, field):
@@ -222,6 +223,16 @@ def test_unavailable_attention_kernel_falls_back_to_xla_and_says_so(tiny, attent
     assert f"attention={attention} falls back to xla" in caplog.text
 
 
+def _loss_grad(cfg, x, y):
+    model = make_model(cfg)
+
+    def loss(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return jax.jit(jax.grad(loss))
+
+
 @pytest.mark.parametrize(
     "change",
     [{}, {"bias": True, "tie_embeddings": False, "bias_head": True}, {"dtype": "bfloat16"}],
@@ -234,18 +245,36 @@ def test_narrow_linear_vjp_gives_xla_gradients(change):
     x = jax.random.randint(jax.random.key(1), (3, cfg.block_size), 0, cfg.vocab_size)
     y = jnp.roll(x, -1, axis=1)
 
-    def grads(vjp):
-        model = make_model(dataclasses.replace(cfg, linear_vjp=vjp))
-
-        def loss(p):
-            logits = model.apply({"params": p}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        return jax.jit(jax.grad(loss))(params)
-
-    xla, narrow = grads("xla"), grads("narrow")
+    xla, narrow = (
+        _loss_grad(dataclasses.replace(cfg, linear_vjp=vjp), x, y)(params)
+        for vjp in ("xla", "narrow")
+    )
     tol = 2e-2 if cfg.dtype == "bfloat16" else 1e-5
     assert jax.tree.structure(xla) == jax.tree.structure(narrow)
     for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(narrow), strict=True):
         scale = float(jnp.abs(a).max()) or 1.0
         np.testing.assert_allclose(np.asarray(b) / scale, np.asarray(a) / scale, atol=tol)
+
+
+def test_remat_keeps_the_gradients_and_saves_fewer_activations():
+    """Recomputing blocks in the backward pass changes what the forward keeps, not the math.
+    (What XLA then allocates is the backend's business: bench train reports its temp memory.)"""
+    cfg = dataclasses.replace(TINY, n_layer=4, n_embd=64, n_head=4, block_size=64)
+    _, params = init_params(cfg)
+    x = jax.random.randint(jax.random.key(1), (8, cfg.block_size), 0, cfg.vocab_size)
+    y = jnp.roll(x, -1, axis=1)
+    kept, grads = {}, {}
+    for remat in ("none", "dots", "block"):
+        model = make_model(dataclasses.replace(cfg, remat=remat))
+
+        def loss(p):
+            logits = model.apply({"params": p}, x)  # noqa: B023 (used right away)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params)  # noqa: B023
+        kept[remat] = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(residuals))
+        grads[remat] = jax.jit(jax.grad(loss))(params)
+    for remat in ("dots", "block"):
+        for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat]), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    assert kept["block"] < kept["dots"] < kept["none"] / 2, kept

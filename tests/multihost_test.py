@@ -75,19 +75,18 @@ def _losses(workdir):
 
 
 def test_two_hosts_match_one_host_and_resume_on_one(data_dir, tmp_path):
-    one = tmp_path / "one"
-    _one_process(one, data_dir, "--config.train.max_iters=6")
+    one = tmp_path / "one"  # steps 1-9 in one process; its first 6 steps are what two run
+    _one_process(one, data_dir, "--config.train.max_iters=9")
     two = tmp_path / "two"
     procs = _two_processes(two, data_dir, "--config.train.max_iters=6")
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
-    assert len(_losses(two)) == 6 + 3  # process 0 alone writes the records
-    assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
+    assert len(_losses(two)) == 6 + 3  # process 0 alone writes the records (evals at 0, 3, 6)
+    assert _losses(two) == pytest.approx(_losses(one)[:9], rel=1e-5)
     # The two-process checkpoint resumes in one process and continues as one process would.
     out = _one_process(two, data_dir, "--config.train.max_iters=9")
     assert "resuming from" in out.stdout and "(step 6)" in out.stdout
-    _one_process(one, data_dir, "--config.train.max_iters=9")
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
 
 

@@ -241,6 +241,7 @@ def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
     tokens = 16 * 32
     assert 1.0 < row["flops_per_step"] / (6 * row["params"] * tokens) < 1.6
     assert 0 < row["mfu"] <= 1.0 and row["peak_source"].startswith("measured")
+    assert row["temp_bytes"] > 0  # XLA's scratch memory: what remat trades for compute
     ms = row["ms_per_iter"]
     assert ms["min"] <= ms["median"] <= ms["max"] and row["compile_s"] > 0
     assert row["config"] == "2/2/32 block 32 batch 16x1 (float32)"  # the smoke model ran

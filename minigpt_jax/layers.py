@@ -1,5 +1,6 @@
 """The model's matmul and attention building blocks: a Linear whose backward pass suits XLA:CPU,
-and causal softmax attention in plain XLA ops.
+causal softmax attention in plain XLA ops, and the flash-attention kernels
+(cuDNN, Pallas) with their fallback.
 
 Why a hand-written backward for Linear: XLA:CPU's GEMMs want row-major operands, so for the
 weight gradient x^T dy it materialises a transposed copy of x or of dy, and its own choice is
@@ -12,6 +13,7 @@ narrower operand instead; the math is the same, only the summation order differs
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -106,3 +108,41 @@ def xla_attention(
     att_BxHxTxS = jnp.where(mask_BxTxS[:, None], att_BxHxTxS, -jnp.inf)
     att_BxHxTxS = dropout(jax.nn.softmax(att_BxHxTxS, axis=-1))
     return jnp.einsum("bhqk,bkhd->bqhd", att_BxHxTxS.astype(dtype), v_BxSxHxD)
+
+
+def flash_attention(
+    kind: str,
+    q_BxTxHxD: jax.Array,
+    k_BxTxHxD: jax.Array,
+    v_BxTxHxD: jax.Array,
+    attn_dropout: bool,
+    dtype: Any,
+) -> jax.Array | None:
+    """Causal attention by the `kind` kernel (model.attention), or None for the XLA path. A
+    kernel that cannot run here says why (logged), rather than failing or silently changing."""
+    if kind == "xla":
+        return None
+    backend, T, D = jax.default_backend(), q_BxTxHxD.shape[1], q_BxTxHxD.shape[-1]
+    reason = None
+    if attn_dropout:
+        reason = "attention dropout runs on the XLA path only"
+    elif kind == "cudnn" and backend != "gpu":
+        reason = f"cuDNN needs a GPU, this backend is {backend}"
+    elif kind == "cudnn" and dtype == jnp.float32:
+        reason = "cuDNN flash attention needs dtype bfloat16 or float16"
+    elif kind == "pallas" and backend != "tpu":
+        reason = f"Pallas flash attention needs a TPU, this backend is {backend}"
+    elif kind == "pallas" and T % 128:
+        reason = f"Pallas flash attention needs a length divisible by 128, got {T}"
+    if reason:  # logged when traced: once per compiled program, not per step
+        logging.warning("attention=%s falls back to xla: %s", kind, reason)
+        return None
+    scale = 1.0 / math.sqrt(D)
+    if kind == "cudnn":
+        return jax.nn.dot_product_attention(
+            q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, scale=scale, is_causal=True, implementation="cudnn"
+        )
+    from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention as pallas_flash
+
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q_BxTxHxD, k_BxTxHxD, v_BxTxHxD))  # B H T D
+    return pallas_flash(q, k, v, causal=True, sm_scale=scale).transpose(0, 2, 1, 3)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 from typing import Any
 
@@ -29,7 +28,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax.layers import LINEAR_VJPS, Linear, matmul, normal_init, xla_attention
+from minigpt_jax.layers import (
+    LINEAR_VJPS,
+    Linear,
+    flash_attention,
+    matmul,
+    normal_init,
+    xla_attention,
+)
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # nanoGPT: nn.GELU(), exact erf
@@ -184,43 +190,6 @@ def _proj_std(cfg: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.init == "nanogpt" else 0.02
 
 
-def _flash_attention(
-    cfg: ModelConfig,
-    q_BxTxHxD: jax.Array,
-    k_BxTxHxD: jax.Array,
-    v_BxTxHxD: jax.Array,
-    deterministic: bool,
-) -> jax.Array | None:
-    """Causal attention by cfg.attention's kernel, or None for the XLA path. A kernel that
-    cannot run here says why (logged), rather than failing or silently changing."""
-    if cfg.attention == "xla":
-        return None
-    backend, T, D = jax.default_backend(), q_BxTxHxD.shape[1], q_BxTxHxD.shape[-1]
-    reason = None
-    if cfg.attn_pdrop > 0 and not deterministic:
-        reason = "attention dropout runs on the XLA path only"
-    elif cfg.attention == "cudnn" and backend != "gpu":
-        reason = f"cuDNN needs a GPU, this backend is {backend}"
-    elif cfg.attention == "cudnn" and cfg.dtype == "float32":
-        reason = "cuDNN flash attention needs dtype bfloat16 or float16"
-    elif cfg.attention == "pallas" and backend != "tpu":
-        reason = f"Pallas flash attention needs a TPU, this backend is {backend}"
-    elif cfg.attention == "pallas" and T % 128:
-        reason = f"Pallas flash attention needs a length divisible by 128, got {T}"
-    if reason:  # logged when traced: once per compiled program, not per step
-        logging.warning("attention=%s falls back to xla: %s", cfg.attention, reason)
-        return None
-    scale = 1.0 / math.sqrt(D)
-    if cfg.attention == "cudnn":
-        return jax.nn.dot_product_attention(
-            q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, scale=scale, is_causal=True, implementation="cudnn"
-        )
-    from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention
-
-    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q_BxTxHxD, k_BxTxHxD, v_BxTxHxD))  # B H T D
-    return flash_attention(q, k, v, causal=True, sm_scale=scale).transpose(0, 2, 1, 3)
-
-
 class CausalSelfAttention(nn.Module):
     cfg: ModelConfig
 
@@ -255,7 +224,10 @@ class CausalSelfAttention(nn.Module):
             mask_BxTxS = jnp.arange(S)[None, None, :] <= pos_BxT[:, :, None]
         y_BxTxHxD = None
         if kv is None:  # decoding attends over cache slots: always the XLA kernel
-            y_BxTxHxD = _flash_attention(cfg, q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, deterministic)
+            dropping = cfg.attn_pdrop > 0 and not deterministic
+            y_BxTxHxD = flash_attention(
+                cfg.attention, q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, dropping, dt
+            )
         if y_BxTxHxD is None:
             dropout = functools.partial(nn.Dropout(cfg.attn_pdrop), deterministic=deterministic)
             y_BxTxHxD = xla_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, dt)

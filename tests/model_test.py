@@ -223,14 +223,15 @@ def test_unavailable_attention_kernel_falls_back_to_xla_and_says_so(tiny, attent
     assert f"attention={attention} falls back to xla" in caplog.text
 
 
-def _loss_grad(cfg, x, y):
+def _loss_fn(cfg, x, y):
+    """params -> mean next-token cross-entropy of cfg's model on (x, y)."""
     model = make_model(cfg)
 
     def loss(p):
         logits = model.apply({"params": p}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    return jax.jit(jax.grad(loss))
+    return loss
 
 
 @pytest.mark.parametrize(
@@ -246,7 +247,7 @@ def test_narrow_linear_vjp_gives_xla_gradients(change):
     y = jnp.roll(x, -1, axis=1)
 
     xla, narrow = (
-        _loss_grad(dataclasses.replace(cfg, linear_vjp=vjp), x, y)(params)
+        jax.jit(jax.grad(_loss_fn(dataclasses.replace(cfg, linear_vjp=vjp), x, y)))(params)
         for vjp in ("xla", "narrow")
     )
     tol = 2e-2 if cfg.dtype == "bfloat16" else 1e-5
@@ -265,12 +266,7 @@ def test_remat_keeps_the_gradients_and_saves_fewer_activations():
     y = jnp.roll(x, -1, axis=1)
     kept, grads = {}, {}
     for remat in ("none", "dots", "block"):
-        model = make_model(dataclasses.replace(cfg, remat=remat))
-
-        def loss(p):
-            logits = model.apply({"params": p}, x)  # noqa: B023 (used right away)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
+        loss = _loss_fn(dataclasses.replace(cfg, remat=remat), x, y)
         residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params)  # noqa: B023
         kept[remat] = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(residuals))
         grads[remat] = jax.jit(jax.grad(loss))(params)

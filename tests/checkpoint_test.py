@@ -19,17 +19,19 @@ from minigpt_jax import checkpoint, cli, data
 from minigpt_jax.errors import UsageError
 
 SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
-# Slow enough (~10-20 ms a step on 2 cores) that a signal lands mid-run; dropout on, so the
-# dropout keys must be reproduced too.
+# Slow enough (~20-40 ms a step on 2 cores) that a signal lands mid-run; dropout on, so the
+# dropout keys must be reproduced too. No samples at evals: they are not compared, and cost time.
+STEPS = 80
 RUN = [
     "--config.model.n_embd=64",
     "--config.model.block_size=64",
     "--config.model.dropout=0.1",
-    "--config.train.max_iters=160",
+    f"--config.train.max_iters={STEPS}",
     "--config.train.eval_interval=40",
     "--config.train.ckpt_interval=10",
     "--config.train.log_interval=1",
     "--config.train.eval_iters=2",
+    "--config.sample.max_new_tokens=0",
 ]
 
 
@@ -109,7 +111,7 @@ def reference(data_dir, tmp_path_factory):
 
 def _assert_same_run(a, b):
     assert _losses(a) == _losses(b)  # every logged loss, bit for bit
-    pa, pb = _params(a, 160), _params(b, 160)
+    pa, pb = _params(a, STEPS), _params(b, STEPS)
     flat_a, flat_b = (sorted(np.asarray(x).tobytes() for x in jax_leaves(p)) for p in (pa, pb))
     assert flat_a == flat_b
 
@@ -125,7 +127,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_one_run(
     reference, data_dir, tmp_path, ckpt_interval
 ):
     # Saving every step is slow: that run is killed in the first half and resumes saving every 10.
-    at = random.Random().randrange(15, 140 if ckpt_interval > 1 else 80)
+    at = random.Random().randrange(15, STEPS - 10 if ckpt_interval > 1 else STEPS // 2)
     workdir = tmp_path / "run"
     every = f"--config.train.ckpt_interval={ckpt_interval}"
     code, _, err = _interrupt(workdir, data_dir, signal.SIGKILL, at, every)
@@ -143,7 +145,7 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(reference, data_dir, tmp_path
     assert code == 0, err[-2000:]
     assert "stopped by SIGTERM at step" in out and "resume with: minigpt" in out
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out).group(1))
-    assert stopped < 160 and (workdir / "checkpoints" / str(stopped)).is_dir()
+    assert stopped < STEPS and (workdir / "checkpoints" / str(stopped)).is_dir()
     assert time.time() - started < 120
     out = _run(workdir, data_dir)
     assert out.returncode == 0 and f"(step {stopped})" in out.stdout, out.stderr[-2000:]
@@ -164,13 +166,13 @@ def test_damaged_latest_step_falls_back_and_nothing_is_deleted(reference, data_d
         key=lambda p: p.stat().st_size,
     )
     victim.write_bytes(victim.read_bytes()[:10])
-    out = _run(workdir, data_dir, "--config.train.max_iters=170")
+    out = _run(workdir, data_dir, f"--config.train.max_iters={STEPS + 10}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"checkpoints/{latest} is unreadable" in out.stdout
     assert f"resuming from {workdir / 'checkpoints' / str(previous)}" in out.stdout
     kept = [p.name for p in (workdir / "checkpoints").iterdir()]
     assert any(name.startswith(f"{latest}.unreadable-") for name in kept)  # moved, not deleted
-    assert "170" in kept
+    assert str(STEPS + 10) in kept
 
 
 def test_non_finite_loss_stops_without_saving_the_bad_state(data_dir, tmp_path):
@@ -213,7 +215,7 @@ def test_one_run_per_workdir(tmp_path, capsys):
 
 
 def test_eval_command_reads_best_latest_and_a_step(reference, capsys):
-    for step in ("best", "latest", "150"):
+    for step in ("best", "latest", str(STEPS - 10)):
         assert cli.main(["minigpt", "eval", "--workdir", str(reference), "--step", step]) == 0
         out = capsys.readouterr().out
         assert "val loss" in out and "bits/char" in out and "train loss" in out

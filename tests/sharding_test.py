@@ -64,9 +64,9 @@ def test_sharded_meshes_match_one_device(shakespeare, tmp_path):
     assert mixed == pytest.approx(one, rel=2e-5)
 
 
-def test_every_mesh_and_pmap_compute_the_same_steps():
-    """Meshes 1x1x1, 8x1x1, 1x8x1, 1x1x4, 2x2x2 and a pmap+pmean step on 8 fake CPU devices."""
-    meshes = ["[1,1,1]", "[8,1,1]", "[1,8,1]", "[1,1,4]", "[2,2,2]"]
+def test_every_mesh_computes_the_same_steps():
+    """Meshes 1x1x1, 8x1x1, 1x8x1 and 1x1x4 on 8 fake CPU devices (2x2x2: the test above)."""
+    meshes = ["[1,1,1]", "[8,1,1]", "[1,8,1]", "[1,1,4]"]
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests/scripts/mesh_equivalence.py"), *meshes],
         env={

@@ -1,7 +1,6 @@
 """Run by sharding_test.py in a subprocess with 8 fake CPU devices; prints one JSON line.
 
 For each mesh: the losses of 5 train steps and the per-device bytes of params + Adam state.
-Plus a pmap + pmean data-parallel reference train step on the same batches.
 """
 
 import json
@@ -9,9 +8,7 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from ml_collections import config_dict
 
 from minigpt_jax import optimizer, sharding, train
@@ -59,41 +56,9 @@ def run_mesh(shape):
     return {"losses": losses, "bytes": per_device, "wte": wte}
 
 
-def run_pmap():
-    """The data-parallel step as it was written before sharded jit: pmap + pmean."""
-    n = jax.device_count()
-    schedule = optimizer.make_schedule(OPT, 1)
-    tx = optimizer.make_optimizer(OPT, schedule)
-    model = make_model(CFG)
-    params = nn.unbox(model.init(jax.random.fold_in(jax.random.key(0), train.INIT_STREAM),
-                                 jnp.zeros((1, CFG.block_size), jnp.int32)))["params"]  # fmt: skip
-    opt_state = tx.init(params)
-
-    def step(params, opt_state, x, y):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        grads, loss = jax.lax.pmean((grads, loss), "d")  # equal shards: the global mean
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    pstep = jax.pmap(step, axis_name="d")
-    rep = lambda t: jax.tree.map(lambda a: jnp.stack([a] * n), t)  # noqa: E731
-    params, opt_state = rep(params), rep(opt_state)
-    losses = []
-    for xy in BATCHES:
-        x, y = (a[0].reshape(n, B // n, -1) for a in xy)
-        params, opt_state, loss = pstep(params, opt_state, x, y)
-        losses.append(float(loss[0]))
-    return {"losses": losses, "wte": np.asarray(params["wte"][0])}
-
-
 if __name__ == "__main__":
     meshes = [tuple(json.loads(m)) for m in sys.argv[1:]]
     results = {str(list(m)): run_mesh(m) for m in meshes}
-    results["pmap"] = run_pmap()
     ref = results[str([1, 1, 1])]["wte"]
     for r in results.values():
         r["wte_max_diff"] = float(np.abs(r.pop("wte") - ref).max())

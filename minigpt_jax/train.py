@@ -21,13 +21,7 @@ import optax
 
 from minigpt_jax import checkpoint, data, metrics, optimizer, sharding
 from minigpt_jax.errors import RunStopped, UsageError
-from minigpt_jax.evaluate import (
-    eval_sampler,
-    evaluate,
-    make_eval_step,
-    process_slice,
-    token_losses,
-)
+from minigpt_jax.evaluate import eval_sampler, evaluate, make_eval_step, process_slice, token_losses
 from minigpt_jax.model import ModelConfig, count_params, make_model
 from minigpt_jax.preemption import StopRequest, sync
 

@@ -9,12 +9,13 @@ token_embedding_table.weight. Conversion works on numpy arrays, so this module n
 read and write .pt files; torch comes in through require_torch(), never at import.
 
 Safety: .pt files are read with torch.load(weights_only=True) only, and nanoGPT's meta.pkl with
-data.read_meta_file's unpickler, which refuses any object but plain containers, strings, numbers.
+an unpickler that builds plain containers, strings and numbers and refuses any other object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import pickle
@@ -194,6 +195,43 @@ def _model_config(fields: dict, source: str) -> ModelConfig:
         raise UsageError(f"{source}: {e}") from None
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that names a class or function: never loaded."""
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings and numbers; any class or function is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise RefusedPickle(f"it refers to {module}.{name}")
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """A tokenizer's meta (our meta.json) from nanoGPT's meta.pkl or a meta.json."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise UsageError(f"meta file {p} does not exist; pass nanoGPT's meta.pkl or a meta.json")
+    try:
+        if p.suffix == ".json":
+            meta = json.loads(p.read_text())
+        else:
+            with open(p, "rb") as f:
+                meta = _PlainUnpickler(f).load()
+    except RefusedPickle as e:
+        raise UsageError(
+            f"{p} was not read: {e}; only a plain dict of str and int (nanoGPT's meta.pkl) is "
+            "unpickled, never an object"
+        ) from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise UsageError(f"{p} is not a meta.pkl or meta.json ({e})") from None
+    itos = meta.get("itos") if isinstance(meta, dict) else None
+    if isinstance(itos, dict):  # nanoGPT: {id: char}
+        itos = [itos.get(i) for i in range(len(itos))]
+    if not isinstance(itos, list) or not all(isinstance(c, str) for c in itos):
+        raise UsageError(f"{p} has no itos of characters (ids 0..V-1); not a char-level meta")
+    return {**data.CharTokenizer(itos).to_json()}
+
+
 def run_config(cfg: ModelConfig, nano: dict, data_dir: str) -> dict:
     """A run's config.json for imported weights: the model, and nanoGPT's training settings
     (its checkpoint's 'config', else train.py's defaults) in our sections."""
@@ -269,7 +307,7 @@ def import_checkpoint(
         )
     cfg = infer_config(sd, model_args, kind=source, source=src, overrides=overrides or {})
     params = from_state_dict(sd, cfg, src)
-    meta = data.read_meta_file(meta_path)
+    meta = read_meta(meta_path)
     if meta["vocab_size"] != cfg.vocab_size:
         raise UsageError(
             f"{meta_path} has {meta['vocab_size']} characters but the model's vocab_size is "

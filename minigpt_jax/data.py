@@ -1,5 +1,4 @@
-"""Character data: tokenizer, prepare (text -> train.bin / val.bin / meta.json), batches, and
-nanoGPT's meta.pkl read safely.
+"""Character data: tokenizer, prepare (text -> train.bin / val.bin / meta.json), batches.
 
 Batches are pure functions of (seed, step), so a resumed run needs no iterator state.
 """
@@ -10,7 +9,6 @@ import hashlib
 import json
 import os
 import pathlib
-import pickle
 import tempfile
 import urllib.error
 import urllib.request
@@ -314,40 +312,3 @@ def eval_windows(data: np.ndarray, block_size: int) -> tuple[np.ndarray, ...]:
     y[:n_targets] = data[1:]
     w[:n_targets] = 1.0
     return tuple(a.reshape(n, block_size) for a in (x, y, w))
-
-
-class RefusedPickle(pickle.UnpicklingError):
-    """A pickle that names a class or function: never loaded."""
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, strings and numbers; any class or function is refused."""
-
-    def find_class(self, module: str, name: str):
-        raise RefusedPickle(f"it refers to {module}.{name}")
-
-
-def read_meta_file(path: str | os.PathLike) -> dict:
-    """A tokenizer's meta (our meta.json) from nanoGPT's meta.pkl or a meta.json."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise UsageError(f"meta file {p} does not exist; pass nanoGPT's meta.pkl or a meta.json")
-    try:
-        if p.suffix == ".json":
-            meta = json.loads(p.read_text())
-        else:
-            with open(p, "rb") as f:
-                meta = _PlainUnpickler(f).load()
-    except RefusedPickle as e:
-        raise UsageError(
-            f"{p} was not read: {e}; only a plain dict of str and int (nanoGPT's meta.pkl) is "
-            "unpickled, never an object"
-        ) from None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise UsageError(f"{p} is not a meta.pkl or meta.json ({e})") from None
-    itos = meta.get("itos") if isinstance(meta, dict) else None
-    if isinstance(itos, dict):  # nanoGPT: {id: char}
-        itos = [itos.get(i) for i in range(len(itos))]
-    if not isinstance(itos, list) or not all(isinstance(c, str) for c in itos):
-        raise UsageError(f"{p} has no itos of characters (ids 0..V-1); not a char-level meta")
-    return {**CharTokenizer(itos).to_json()}

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minigpt_jax import convert, data, optimizer, sample, train
-from minigpt_jax.data import atomic_write_bytes
+from minigpt_jax.files import atomic_write_bytes
 from minigpt_jax.evaluate import EVAL_VAL_STREAM, make_eval_step
 from minigpt_jax.model import ModelConfig, make_model
 

@@ -31,7 +31,8 @@ from ml_collections import config_dict
 
 from minigpt_jax import checkpoint, data, optimizer
 from minigpt_jax.errors import UsageError
-from minigpt_jax.model import BIAS_PLACES, ModelConfig, make_model
+from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax.model_config import BIAS_PLACES
 from minigpt_jax.train import TrainState
 
 COMPILE_PREFIX = "_orig_mod."  # torch.compile's wrapper adds it to every key

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from minigpt_jax.errors import UsageError
+from minigpt_jax.files import atomic_write_bytes, make_dir, read_text
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -63,46 +63,6 @@ class CharTokenizer:
         return cls(meta["itos"])
 
 
-def atomic_write_bytes(path: pathlib.Path, payload: bytes) -> None:
-    """Writes a file so that readers see the old content or the new, never half."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """Reads a UTF-8 corpus, turning every way it can be wrong into a UsageError."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise UsageError(f"input file {p} does not exist; pass an existing UTF-8 text file")
-    if p.is_dir():
-        raise UsageError(f"input {p} is a directory; pass a UTF-8 text file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(
-            f"input file {p} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t UTF-8"
-        ) from None
-    except OSError as e:
-        raise UsageError(
-            f"cannot read input file {p} ({e.strerror}); check its permissions"
-        ) from None
-    if not text:
-        raise UsageError(f"input file {p} is empty; pass a text corpus")
-    return text
-
-
 def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.Path:
     """Fetches Tiny Shakespeare once; offline, says how to pass the file instead."""
     if dest.exists():
@@ -120,16 +80,6 @@ def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.
     make_dir(dest.parent, "--data_dir")
     atomic_write_bytes(dest, payload)
     return dest
-
-
-def make_dir(path: pathlib.Path, flag: str) -> None:
-    """mkdir -p, with every way it can fail said in one line."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} is a file; pass a directory as {flag}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {path} ({e.strerror}); pick another {flag}") from None
 
 
 def _sha256(text: str) -> str:

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from ml_collections import config_dict
 
 from minigpt_jax import checkpoint, data, sample, sharding
+from minigpt_jax import config as config_lib
+from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import UsageError
 from minigpt_jax.model import ModelConfig, make_model
 
@@ -29,11 +30,6 @@ def token_losses(
 ) -> jax.Array:
     logits_BxTxV = model.apply({"params": params}, x_BxT, **kwargs)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
-
-
-def process_slice() -> dict[str, int]:
-    # Each process loads only its rows of every global batch.
-    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
 def make_eval_step(model: nn.Module) -> Callable:
@@ -55,6 +51,35 @@ def make_eval_step(model: nn.Module) -> Callable:
     return eval_step
 
 
+def estimate_batches(
+    tokens: np.ndarray, stream: int, *, seed: int, step: int, batch_size: int, block_size: int,
+    eval_iters: int,
+) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """nanoGPT's estimate_loss batches of one split, drawn from (seed, stream, step): this
+    process's rows as (x_NxBxT, y_NxBxT, w_NxBxT), every weight 1."""
+    batches = data.Batches(
+        tokens, batch_size=batch_size, block_size=block_size, seed=(seed, stream, step),
+        **sharding.process_slice(),
+    )  # fmt: skip
+    x, y = (np.stack(a) for a in zip(*(batches.batch(i) for i in range(eval_iters))))
+    return x, y, np.ones(x.shape, np.float32)
+
+
+def full_val(val: np.ndarray, batch_size: int, block_size: int) -> tuple[np.ndarray, ...]:
+    """Every val prediction once, as whole batches of this process's rows (padding weighs 0)."""
+    x, y, w = data.eval_windows(val, block_size)
+    pad = -len(x) % batch_size  # whole batches; padded rows weigh 0
+    proc = sharding.process_slice()
+    rows = batch_size // proc["process_count"]
+    own = slice(proc["process_index"] * rows, (proc["process_index"] + 1) * rows)
+    return tuple(
+        np.concatenate([a, np.zeros((pad, block_size), a.dtype)]).reshape(
+            -1, batch_size, block_size
+        )[:, own]  # this process's rows
+        for a in (x, y, w)
+    )
+
+
 def evaluate(
     eval_step: Callable,
     params: Any,
@@ -70,20 +95,13 @@ def evaluate(
     """nanoGPT's estimate_loss (eval_iters random batches of each split, drawn from (seed, step))
     and one deterministic pass over the whole val split (loss and bits per character). Data
     without a val split gets the train estimate alone."""
-    stacks = {}
     has_val = len(splits["val"]) > 0
-    for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM))[: 1 + has_val]:
-        batches = data.Batches(
-            splits[split],
-            batch_size=batch_size,
-            block_size=block_size,
-            seed=(seed, stream, step),
-            **process_slice(),
-        )
-        x, y = (np.stack(a) for a in zip(*(batches.batch(i) for i in range(eval_iters))))
-        stacks[split] = (x, y, np.ones(x.shape, np.float32))
+    kw = dict(seed=seed, step=step, batch_size=batch_size, block_size=block_size,
+              eval_iters=eval_iters)  # fmt: skip
+    stacks = {"train": estimate_batches(splits["train"], EVAL_TRAIN_STREAM, **kw)}
     if has_val:
-        stacks["full"] = _full_val(splits["val"], batch_size, block_size)
+        stacks["val"] = estimate_batches(splits["val"], EVAL_VAL_STREAM, **kw)
+        stacks["full"] = full_val(splits["val"], batch_size, block_size)
     means = {}
     for name, arrays in stacks.items():
         # One evaluation at a time: independent multi-device programs in flight together can
@@ -100,41 +118,12 @@ def evaluate(
     }
 
 
-def _full_val(val: np.ndarray, batch_size: int, block_size: int) -> tuple[np.ndarray, ...]:
-    """Every val prediction once, as whole batches of this process's rows (padding weighs 0)."""
-    x, y, w = data.eval_windows(val, block_size)
-    pad = -len(x) % batch_size  # whole batches; padded rows weigh 0
-    proc = process_slice()
-    rows = batch_size // proc["process_count"]
-    own = slice(proc["process_index"] * rows, (proc["process_index"] + 1) * rows)
-    return tuple(
-        np.concatenate([a, np.zeros((pad, block_size), a.dtype)]).reshape(
-            -1, batch_size, block_size
-        )[:, own]  # this process's rows
-        for a in (x, y, w)
-    )
-
-
 def evaluate_checkpoint(
     workdir: str | pathlib.Path, step_spec: str = "latest", data_dir: str | None = None
 ) -> tuple[int, dict[str, float]]:
     """`minigpt eval`: a run's checkpoint (best | latest | N) on its data; (step, results)."""
-    config, meta, model_cfg = checkpoint.read_run(workdir)
-    cfg = config_dict.ConfigDict(config)
-    ckpt = checkpoint.Checkpointer(workdir, create=False)
-    steps = ckpt.steps()
-    if not steps:
-        raise UsageError(f"{workdir} holds no checkpoint yet; train it first")
-    if step_spec == "latest":
-        step = steps[-1]
-    elif step_spec == "best":
-        step = ckpt.best_step()
-        if step is None:
-            raise UsageError(f"{workdir} has no evaluated checkpoint; use --step latest")
-    elif step_spec.isdigit() and int(step_spec) in steps:
-        step = int(step_spec)
-    else:
-        raise UsageError(f"--step must be best, latest or one of the saved steps {steps}")
+    saved, meta, model_cfg = workdir_lib.read_run(workdir)
+    cfg = config_lib.from_saved(saved)
     data_dir = data_dir or cfg.data.dir  # relative paths resolve from the current directory
     if data.load_meta(data_dir)["itos"] != meta["itos"]:
         raise UsageError(f"{data_dir} holds other data than the run's vocabulary; pass its data")
@@ -142,15 +131,11 @@ def evaluate_checkpoint(
     # Data parallel over as many devices as divide the batch.
     devices = jax.devices()[: math.gcd(cfg.train.batch_size, jax.device_count())]
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    model = make_model(model_cfg)
-    x_1xT = jnp.zeros((1, model_cfg.block_size), jnp.int32)
+    step, params = checkpoint.load_params(workdir, model_cfg, step_spec, mesh)
+    batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        abstract = jax.eval_shape(lambda r: model.init(r, x_1xT)["params"], jax.random.key(0))
-        params = ckpt.restore_params(step, sharding.sharded_abstract(abstract, mesh))
-        batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
-        eval_step = jax.jit(make_eval_step(model))
         results = evaluate(
-            eval_step,
+            jax.jit(make_eval_step(make_model(model_cfg))),
             params,
             splits,
             seed=cfg.train.seed,
@@ -160,7 +145,6 @@ def evaluate_checkpoint(
             eval_iters=cfg.train.eval_iters,
             put=functools.partial(sharding.put_batch, sharding=batch_sharding),
         )
-    ckpt.close()
     return step, results
 
 
@@ -172,24 +156,7 @@ def eval_sampler(cfg: Any, model_cfg: ModelConfig, meta: dict) -> Callable | Non
         return None
     tok = data.CharTokenizer.from_json(meta)
     prompt = tok.encode(s.prompt)  # names a character outside the vocabulary
-    settings = []
-    for part in filter(None, (p.strip() for p in s.settings.split(";"))):
-        try:
-            kw = {k: float(v) for k, v in (item.split("=") for item in part.split())}
-            kw = {"temperature": 1.0, "top_k": None, "top_p": 1.0, **kw}
-            if kw["top_k"] is not None:
-                if kw["top_k"] != int(kw["top_k"]):
-                    raise ValueError
-                kw["top_k"] = int(kw["top_k"])
-            if set(kw) != {"temperature", "top_k", "top_p"}:
-                raise ValueError
-            sample.check_args([prompt], model_cfg, 1, **kw, num_samples=1, window="chunked")
-        except ValueError:
-            raise UsageError(
-                f"sample.settings: cannot read {part!r}; write e.g. 'temperature=0.8 top_k=200; "
-                "temperature=1.0 top_p=0.9' (temperature >= 0, top_k >= 1, 0 < top_p <= 1)"
-            ) from None
-        settings.append((part, kw))
+    settings = config_lib.sample_settings(s.settings)
     rng = jax.random.fold_in(jax.random.key(cfg.train.seed), SAMPLE_STREAM)
 
     def draw(params: Any, step: int) -> str:

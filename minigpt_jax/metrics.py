@@ -10,7 +10,7 @@ from typing import Any
 
 import tqdm
 
-from minigpt_jax.data import atomic_write_bytes
+from minigpt_jax.files import atomic_write_bytes
 
 METRICS_FILE = "metrics.jsonl"
 

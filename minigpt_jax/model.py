@@ -19,7 +19,6 @@ own position, so a row may sit at any position. Without a cache the forward is t
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any
@@ -29,141 +28,16 @@ import jax
 import jax.numpy as jnp
 
 from minigpt_jax.layers import (
-    LINEAR_VJPS,
     Linear,
     flash_attention,
     matmul,
     normal_init,
     xla_attention,
 )
+from minigpt_jax.model_config import ACTIVATIONS, REMATS, ModelConfig
 
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # nanoGPT: nn.GELU(), exact erf
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ARCHS = ("gpt", "bigram")
-# 'xla': einsum attention, every backend; 'cudnn': cuDNN flash attention (GPU, bf16/fp16);
-# 'pallas': Pallas flash attention (TPU). A kernel that cannot run falls back to 'xla', logged.
-ATTENTIONS = ("xla", "cudnn", "pallas")
-# 'nanogpt': N(0, 0.02), residual projections (c_proj) N(0, 0.02/sqrt(2*n_layer)), GPT-2's scheme;
-# 'normal': N(0, 0.02) everywhere (the lecture's and the early minGPT's _init_weights).
-INITS = ("nanogpt", "normal")
-WPE_INITS = ("normal", "zeros")  # 'zeros': the early minGPT's nn.Parameter(torch.zeros(...))
-BIAS_PLACES = ("qkv", "attn_proj", "mlp", "ln")  # each has a bias_<place> field
-# Activation memory against compute: 'none' keeps every activation for the backward pass; 'block'
-# keeps only each block's input and recomputes the rest; 'dots' also keeps matmul outputs without
-# batch dims (the Linears), recomputing elementwise work and attention.
-REMATS = {
-    "none": None,
-    "block": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 # Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Model hyperparameters; defaults are nanoGPT's shakespeare_char model."""
-
-    vocab_size: int = 65
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0  # on embeddings, residual branches and (attn_dropout None) attention
-    attn_dropout: float | None = None  # on attention weights; None: the same as dropout
-    bias: bool = False  # nanoGPT's flag: biases in Linears and LayerNorms
-    # Per place, None follows `bias`: q/k/v (c_attn), the attention's c_proj, the MLP, LayerNorms.
-    bias_qkv: bool | None = None
-    bias_attn_proj: bool | None = None
-    bias_mlp: bool | None = None
-    bias_ln: bool | None = None
-    bias_head: bool = False  # lm_head's bias (untied heads only); nanoGPT and minGPT: none
-    tie_embeddings: bool = True  # lm_head shares wte (nanoGPT); minGPT unties it
-    activation: str = "gelu"  # 'gelu' (exact erf) | 'gelu_tanh' | 'relu'
-    ln_eps: float = 1e-5  # torch's default; flax's own default is 1e-6
-    dtype: str = "float32"  # compute dtype; params stay fp32, logits are always fp32
-    arch: str = "gpt"  # 'gpt' | 'bigram' (an embedding table straight to logits)
-    attention: str = "xla"  # 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
-    init: str = "nanogpt"  # 'nanogpt' (scaled residual projections) | 'normal'
-    wpe_init: str = "normal"  # 'normal' N(0, 0.02) | 'zeros'
-    linear_vjp: str = "auto"  # the Linears' backward pass: 'auto' | 'xla' | 'narrow' (layers.py)
-    remat: str = "none"  # recompute in the backward pass, per block: REMATS
-
-    def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"ModelConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
-            )
-        for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {value}")
-        places = tuple(f"bias_{p}" for p in BIAS_PLACES)
-        for name in ("bias", "tie_embeddings", "bias_head", *places):
-            value = getattr(self, name)
-            if not isinstance(value, bool) and not (value is None and name in places):
-                raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r}")
-        if self.bias_head and self.tie_embeddings:
-            raise ValueError("ModelConfig.bias_head needs an untied head: set tie_embeddings=False")
-        if self.init not in INITS:
-            raise ValueError(f"ModelConfig.init must be one of {list(INITS)}, got {self.init!r}")
-        if self.wpe_init not in WPE_INITS:
-            raise ValueError(
-                f"ModelConfig.wpe_init must be one of {list(WPE_INITS)}, got {self.wpe_init!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"ModelConfig.activation must be one of {sorted(ACTIVATIONS)}, "
-                f"got {self.activation!r}"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(
-                f"ModelConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"
-            )
-        if self.attention not in ATTENTIONS:
-            raise ValueError(
-                f"ModelConfig.attention must be one of {list(ATTENTIONS)}, got {self.attention!r}"
-            )
-        if self.remat not in REMATS:
-            raise ValueError(f"ModelConfig.remat must be one of {list(REMATS)}, got {self.remat!r}")
-        if self.linear_vjp not in LINEAR_VJPS:
-            raise ValueError(
-                f"ModelConfig.linear_vjp must be one of {list(LINEAR_VJPS)}, "
-                f"got {self.linear_vjp!r}"
-            )
-        if self.arch not in ARCHS:
-            raise ValueError(f"ModelConfig.arch must be one of {list(ARCHS)}, got {self.arch!r}")
-        if not self.ln_eps > 0:
-            raise ValueError(f"ModelConfig.ln_eps must be positive, got {self.ln_eps}")
-
-    @classmethod
-    def from_dict(cls, fields: dict) -> ModelConfig:
-        """From a config's model section; unknown keys raise a ValueError naming them."""
-        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
-        return cls(**fields)
-
-    @property
-    def compute_dtype(self) -> Any:
-        return DTYPES[self.dtype]
-
-    def has_bias(self, place: str) -> bool:
-        """Whether `place` ('qkv', 'attn_proj', 'mlp', 'ln') has biases."""
-        value = getattr(self, f"bias_{place}")
-        return self.bias if value is None else value
-
-    @property
-    def attn_pdrop(self) -> float:
-        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
 
 def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
@@ -354,6 +228,17 @@ class Bigram(nn.Module):
 
 def make_model(cfg: ModelConfig) -> nn.Module:
     return Bigram(cfg) if cfg.arch == "bigram" else GPT(cfg)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:
+    """Fresh params, each leaf boxed with its logical axis names (nn.unbox drops them)."""
+    x_1xT = jnp.zeros((1, cfg.block_size), jnp.int32)
+    return make_model(cfg).init(rng, x_1xT)["params"]
+
+
+def abstract_params(cfg: ModelConfig) -> Any:
+    """The params' shapes and logical names, with no memory allocated (jax.eval_shape)."""
+    return jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
 
 
 def init_cache(cfg: ModelConfig, batch: int) -> KVCache:

@@ -7,7 +7,7 @@ import pathlib
 from typing import Any
 
 from minigpt_jax import metrics
-from minigpt_jax.data import atomic_write_bytes, make_dir
+from minigpt_jax.files import atomic_write_bytes, make_dir
 from minigpt_jax.errors import UsageError
 
 COLUMNS = (  # (header, summary key or a function of the run)

@@ -195,21 +195,32 @@ def _as_prompts(prompt: Any) -> tuple[list[np.ndarray], bool]:
     return [np.asarray(prompt, np.int32)], True
 
 
-def check_args(
-    prompts, cfg, max_new_tokens, temperature, top_k, top_p, num_samples, window
+def check_settings(
+    *,
+    temperature: float,
+    top_k: int | None,
+    top_p: float,
+    max_new_tokens: int = 0,
+    num_samples: int = 1,
+    window: str = "chunked",
 ) -> None:
-    """ValueError naming the first bad sampling argument (also used to check config settings)."""
-    if not prompts or any(p.ndim != 1 or len(p) == 0 for p in prompts):
-        raise ValueError("each prompt must be a non-empty 1-D sequence of token ids")
-    for p in prompts:
-        if p.min() < 0 or p.max() >= cfg.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    """ValueError naming the first bad sampling setting (the CLI's flags and config settings)."""
     if max_new_tokens < 0 or num_samples < 1 or temperature < 0:
         raise ValueError("max_new_tokens >= 0, num_samples >= 1 and temperature >= 0 are required")
     if not 0.0 < top_p <= 1.0 or (top_k is not None and top_k < 1):
         raise ValueError("top_p must be in (0, 1] and top_k None or at least 1")
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+
+
+def check_args(prompts: list[np.ndarray], cfg: ModelConfig, **settings: Any) -> None:
+    """ValueError naming the first bad prompt or sampling setting."""
+    if not prompts or any(p.ndim != 1 or len(p) == 0 for p in prompts):
+        raise ValueError("each prompt must be a non-empty 1-D sequence of token ids")
+    for p in prompts:
+        if p.min() < 0 or p.max() >= cfg.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    check_settings(**settings)
 
 
 def _start(params: Any, cfg: ModelConfig, prompts: list[np.ndarray], num_samples: int):
@@ -229,7 +240,10 @@ def _run(
     steps, first_sample, with_logits,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:  # fmt: skip
     """Yields (tokens_NxK, logits_NxKxV or None), one decode call of `steps` tokens at a time."""
-    check_args(prompts, cfg, max_new_tokens, temperature, top_k, top_p, num_samples, window)
+    check_args(
+        prompts, cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, num_samples=num_samples, window=window,
+    )  # fmt: skip
     if max_new_tokens == 0:
         return
     state = _start(params, cfg, prompts, num_samples)

@@ -59,6 +59,11 @@ def make_mesh(mesh_cfg: Any, devices: list | None = None) -> Mesh:
     )
 
 
+def one_device_mesh() -> Mesh:
+    """The 1x1x1 mesh on the first device: what a single-device restore or run uses."""
+    return make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
     """NamedShardings for a tree whose leaves may carry logical names (nn.LogicallyPartitioned)."""
     specs = nn.get_partition_spec(abstract_tree)
@@ -77,6 +82,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def put_batch(arrays: Any, sharding: NamedSharding) -> Any:
     """Host numpy arrays (this process's rows) -> global device arrays laid out by `sharding`."""
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), arrays)
+
+
+def process_slice() -> dict[str, int]:
+    """This process's place among the hosts: each loads only its rows of every global batch."""
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
 def sharded_abstract(abstract_tree: Any, mesh: Mesh) -> Any:

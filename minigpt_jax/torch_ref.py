@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt_jax.model import BIAS_PLACES, ModelConfig
+from minigpt_jax.model_config import BIAS_PLACES, ModelConfig
 
 TORCH_ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact erf, nanoGPT's nn.GELU()

@@ -152,7 +152,7 @@ def test_activation_switch_is_exact_gelu_by_default(tiny):
     assert not np.allclose(outs["gelu"], outs["relu"])
     assert not np.array_equal(outs["gelu"], outs["gelu_tanh"])
     z = jnp.linspace(-3, 3, 7)
-    from minigpt_jax.model import ACTIVATIONS
+    from minigpt_jax.model_config import ACTIVATIONS
 
     erf_gelu = 0.5 * z * (1 + jax.scipy.special.erf(z / math.sqrt(2)))
     np.testing.assert_allclose(ACTIVATIONS["gelu"](z), erf_gelu, atol=1e-6)

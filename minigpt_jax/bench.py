@@ -7,7 +7,6 @@ methods take turns within each repeat, and ratios are only taken within one run.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import platform
@@ -22,90 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minigpt_jax import data, metrics, optimizer, sample, sharding, train
-from minigpt_jax.model import ModelConfig, count_params, make_model
+from minigpt_jax import data, decode, sample
+from minigpt_jax import run as run_lib
+from minigpt_jax.errors import require_torch
+from minigpt_jax.model import ModelConfig, count_params, init_params
 
+VOCAB = 65  # Tiny Shakespeare's, when the config leaves vocab_size to the data
 METHODS = ("cached chunked", "cached exact", "recompute (nanoGPT-style)")
 TORCH_METHOD = "PyTorch nanoGPT generate"
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
-def _recompute(params, tokens_NxL, prompt_len, rng, sample_ids_N, temperature, top_k, top_p, *,
-               cfg, max_new_tokens):  # fmt: skip
-    model = make_model(cfg)
-    W = cfg.block_size
-    G = max(1, W // 8)  # context lengths are rounded up to a multiple of G
-    row_keys_N = jax.vmap(jax.random.fold_in, (None, 0))(rng, sample_ids_N)
-
-    def forward(T, tokens_NxL, length):
-        # nanoGPT: crop to the last block_size tokens, forward, keep the last position.
-        start = jnp.maximum(length - W, 0)
-        ctx_NxT = jax.lax.dynamic_slice_in_dim(tokens_NxL, start, T, axis=1)
-        logits_NxTxV = model.apply({"params": params}, ctx_NxT)
-        return jax.lax.dynamic_index_in_dim(logits_NxTxV, length - 1 - start, 1, False)
-
-    # One branch per context length G, 2G, ..., W: each step does about the work nanoGPT's
-    # forward over min(length, W) tokens does, not always a full window.
-    branches = [functools.partial(forward, min(T, W)) for T in range(G, W + G, G)]
-
-    def step(tokens_NxL, i):
-        length = prompt_len + i
-        branch = (jnp.minimum(length, W) - 1) // G
-        logits_NxV = jax.lax.switch(branch, branches, tokens_NxL, length)
-        keys_N = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, i)
-        next_N = sample.sample_token(logits_NxV, keys_N, temperature, top_k, top_p)
-        tokens_NxL = jax.lax.dynamic_update_slice_in_dim(
-            tokens_NxL, next_N[:, None].astype(tokens_NxL.dtype), length, axis=1
-        )
-        return tokens_NxL, None
-
-    return jax.lax.scan(step, tokens_NxL, jnp.arange(max_new_tokens))[0]
-
-
-def recompute_generate(
-    params: Any,
-    cfg: ModelConfig,
-    prompt: Sequence[int] | np.ndarray,
-    rng: jax.Array,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    num_samples: int = 1,
-) -> np.ndarray:
-    """The uncached baseline: one jitted scan, each token a forward over its cropped context.
-
-    Same keys as sample.generate, so it samples what window='exact' samples.
-    """
-    prompt = np.asarray(prompt, np.int32)
-    P = len(prompt)
-    # The padded tail holds at least one full window; causal masking ignores the padding.
-    tokens_NxL = np.zeros((num_samples, max(P + max_new_tokens, cfg.block_size)), np.int32)
-    tokens_NxL[:, :P] = prompt
-    out = _recompute(
-        params,
-        jnp.asarray(tokens_NxL),
-        jnp.int32(P),
-        rng,
-        jnp.arange(num_samples, dtype=jnp.int32),
-        jnp.float32(temperature),
-        jnp.int32(top_k or 0),
-        jnp.float32(top_p),
-        cfg=cfg,
-        max_new_tokens=max_new_tokens,
-    )
-    return np.asarray(out)[:, : P + max_new_tokens]
-
-
-def model_config(config: Any | None) -> ModelConfig:
-    """The model section of a config (vocab 65 when the data sets it); nanoGPT's by default."""
-    if config is None:
-        return ModelConfig()
-    fields = dict(config["model"])
-    if fields.get("vocab_size") is None:
-        fields["vocab_size"] = 65  # Tiny Shakespeare's
-    return ModelConfig.from_dict(fields)
 
 
 def _timed(run, n: int) -> float:
@@ -124,9 +47,7 @@ def run_sample(
 ) -> list[dict]:
     """Times each method at each length (random init, a one-token prompt) and prints a table."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
-    params = nn.unbox(
-        make_model(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.block_size), jnp.int32))
-    )["params"]
+    params = nn.unbox(init_params(cfg, jax.random.key(0)))
     prompt, rng = np.zeros(1, np.int32), jax.random.key(0)
     kw = dict(temperature=1.0, top_k=None, num_samples=num_samples)
     runs = {
@@ -134,7 +55,8 @@ def run_sample(
                                               window="chunked", **kw),
         METHODS[1]: lambda n: sample.generate(params, cfg, prompt, rng, max_new_tokens=n,
                                               window="exact", **kw),
-        METHODS[2]: lambda n: recompute_generate(params, cfg, prompt, rng, max_new_tokens=n, **kw),
+        METHODS[2]: lambda n: decode.recompute_generate(params, cfg, prompt, rng,
+                                                        max_new_tokens=n, **kw),
     }  # fmt: skip
     if importlib.util.find_spec("torch") is not None and num_samples == 1:
         runs[TORCH_METHOD] = _torch_generate(params, cfg)
@@ -171,7 +93,7 @@ def _torch_generate(params: Any, cfg: ModelConfig):
     """nanoGPT's generate (torch_ref: eager, no cache) on the same weights, one row."""
     from minigpt_jax import convert
 
-    torch_ref = convert.require_torch()
+    torch_ref = require_torch()
     torch = torch_ref.torch
     model = torch_ref.make_model(cfg)
     model.load_state_dict(torch_ref.tensors(convert.to_state_dict(jax.device_get(params), cfg)))
@@ -236,31 +158,20 @@ def run_train(
     model from the same weights on the same batches, its steps alternating with ours, so a
     burst of load hits both; 'speedup' is its median step time over ours."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
-    model_cfg = model_config(config)
-    t = config.train
-    tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
-    schedule = optimizer.make_schedule(config.opt, tokens_per_step)
-    tx = optimizer.make_optimizer(config.opt, schedule)
-    model = make_model(model_cfg)
-    mesh = sharding.make_mesh(config.mesh)
+    run = run_lib.build(config, config.model.vocab_size or VOCAB)
+    model_cfg, t, tokens_per_step = run.model_cfg, config.train, run.tokens_per_step
     tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, 1 << 20, np.uint16)
     batches = data.Batches(tokens, batch_size=t.batch_size, block_size=model_cfg.block_size,
                            seed=0)  # fmt: skip
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        state, shardings, _ = train.create_train_state(model, tx, model_cfg, mesh, t.seed)
-        step_fn = train.jit_train_step(model, tx, schedule, shardings, mesh)
-        host_batch = functools.partial(
-            train.host_batch, batches, grad_accum=t.grad_accum,
-            batch_sharding=sharding.batch_sharding(mesh, leading_dims=1),
-        )  # fmt: skip
-
-        torch_trainer = None
-        if vs_torch:
-            torch_trainer = _torch_trainer(config, model_cfg, state.params, torch_threads)
-        rng = jax.random.key(t.seed)
-        batch0 = host_batch(0)
+    state = run.init_state()
+    torch_trainer = None
+    if vs_torch:
+        torch_trainer = _torch_trainer(run, state.params, torch_threads)
+    rng = jax.random.key(t.seed)
+    with run.activate():
+        batch0 = run.host_batch(batches, 0)
         t0 = time.perf_counter()
-        lowered = step_fn.lower(state, batch0, rng)
+        lowered = run.train_step.lower(state, batch0, rng)
         t1 = time.perf_counter()
         compiled = lowered.compile()  # from the persistent cache when it holds this program
         t2 = time.perf_counter()
@@ -268,7 +179,7 @@ def run_train(
         times, torch_times = [], []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            state, step_metrics = compiled(state, host_batch(i), rng)
+            state, step_metrics = compiled(state, run.host_batch(batches, i), rng)
             jax.block_until_ready((state, step_metrics))
             times.append(time.perf_counter() - t0)
             if torch_trainer is not None:  # nanoGPT's loop makes its batch per step too
@@ -280,7 +191,7 @@ def run_train(
     median = statistics.median(times)
     device = jax.devices()[0]
     flops = _step_flops(compiled)
-    peak = metrics.table_peak_flops(device.device_kind)
+    peak = table_peak_flops(device.device_kind)
     if peak is not None:
         peak_total, peak_source = peak * jax.device_count(), "spec sheet (bf16 dense)"
     else:  # one GEMM already uses every core, however many XLA devices split the host
@@ -295,7 +206,7 @@ def run_train(
         "params": count_params(state.params)[1],
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
-        "mesh": dict(mesh.shape),
+        "mesh": dict(run.mesh.shape),
         "cpus": os.cpu_count(),
         "jax": jax.__version__,
         "trace_s": trace_s,  # tracing and lowering to StableHLO: paid even on a cache hit
@@ -334,18 +245,16 @@ def run_train(
     return row
 
 
-def _torch_trainer(config: Any, model_cfg: ModelConfig, params: Any, threads: int) -> Any:
-    """torch_ref.Trainer for the config, starting from our (host-copied) initial params."""
+def _torch_trainer(run: run_lib.Run, params: Any, threads: int) -> Any:
+    """torch_ref.Trainer for the run's config, starting from our (host-copied) initial params."""
     from minigpt_jax import convert
 
-    torch_ref = convert.require_torch()
+    torch_ref = require_torch()
     if threads:
         torch_ref.torch.set_num_threads(threads)
-    t = config.train
-    tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
-    state_dict = convert.to_state_dict(jax.device_get(params), model_cfg)
+    state_dict = convert.to_state_dict(jax.device_get(params), run.model_cfg)
     return torch_ref.Trainer(
-        model_cfg, config.opt, tokens_per_step=tokens_per_step, state_dict=state_dict
+        run.model_cfg, run.config.opt, tokens_per_step=run.tokens_per_step, state_dict=state_dict
     )
 
 
@@ -375,3 +284,25 @@ def train_table(rows: list[dict]) -> str:
             f"| {r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']} | {temp} |"
         )
     return "\n".join(lines)
+
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets (no sparsity), by a substring
+# of jax's device_kind; CPUs have no table entry: the benchmark measures their GEMM peak.
+PEAK_FLOPS = {
+    "A100": 312e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,  # v5p reports "TPU v5"
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+}
+
+
+def table_peak_flops(device_kind: str) -> float | None:
+    """The spec-sheet peak of a device kind, or None (CPUs, unknown chips)."""
+    for key, peak in PEAK_FLOPS.items():  # first match: 'TPU v5 lite' before 'TPU v5'
+        if key in device_kind:
+            return peak
+    return None

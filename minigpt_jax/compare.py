@@ -19,30 +19,24 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from minigpt_jax import convert, data, optimizer, sample, train
+from minigpt_jax import convert, data, files, sample, sharding
+from minigpt_jax import run as run_lib
+from minigpt_jax.errors import require_torch
+from minigpt_jax.evaluate import EVAL_VAL_STREAM, estimate_batches, full_val
 from minigpt_jax.files import atomic_write_bytes
-from minigpt_jax.evaluate import EVAL_VAL_STREAM, make_eval_step
-from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax.metrics import save_figure
 
 
 class JaxTrainer:
-    """train.make_train_step on one device, fed micro-batches as the torch Trainer is."""
+    """The run's train and eval steps on one device, fed micro-batches as the torch Trainer is."""
 
-    def __init__(self, cfg: ModelConfig, opt: Any, *, tokens_per_step: int, params: Any, seed=0):
-        self.cfg = cfg
-        schedule = optimizer.make_schedule(opt, tokens_per_step)
-        tx = optimizer.make_optimizer(opt, schedule)
-        self.model = make_model(cfg)
-        self.state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-        step = train.make_train_step(self.model, tx, schedule)
-        self._step = jax.jit(step, donate_argnums=0)
-        self._eval = jax.jit(make_eval_step(self.model))
-        self.rng = jax.random.fold_in(jax.random.key(seed), train.DROPOUT_STREAM)
+    def __init__(self, run: run_lib.Run):
+        self.run = run
+        self.state = run.init_state()
+        self.rng = run.dropout_rng
 
     @property
     def params(self) -> Any:
@@ -50,42 +44,20 @@ class JaxTrainer:
 
     def train_step(self, micro_batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
         """One update; returns its loss (a host float: the step has finished)."""
-        x_AxBxT, y_AxBxT = (np.stack(a) for a in zip(*micro_batches))
-        self.state, metrics = self._step(self.state, (x_AxBxT, y_AxBxT), self.rng)
+        batch = self.run.put(tuple(np.stack(a) for a in zip(*micro_batches)))
+        with self.run.activate():
+            self.state, metrics = self.run.train_step(self.state, batch, self.rng)
         return float(metrics["loss"])
 
     def loss_sums(self, x_NxBxT, y_NxBxT, w_NxBxT) -> tuple[float, float]:
-        loss_sum, weight = jax.device_get(self._eval(self.params, x_NxBxT, y_NxBxT, w_NxBxT))
+        batch = self.run.put((x_NxBxT, y_NxBxT, w_NxBxT))
+        with self.run.activate():
+            loss_sum, weight = jax.device_get(self.run.eval_step(self.params, *batch))
         return float(loss_sum), float(weight)
-
-
-def init_params(cfg: ModelConfig, seed: int) -> Any:
-    """Our initial params for the config seed, as train.create_train_state draws them."""
-    x_1xT = jnp.zeros((1, cfg.block_size), jnp.int32)
-    rng = jax.random.fold_in(jax.random.key(seed), train.INIT_STREAM)
-    # Jitted: one compile instead of one per initializer op.
-    return jax.jit(lambda r: nn.unbox(make_model(cfg).init(r, x_1xT))["params"])(rng)
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def _val_sets(val: np.ndarray, *, seed: int, step: int, batch_size: int, block_size: int, n: int):
-    """nanoGPT's estimate_loss val batches (as evaluate.evaluate draws them) and the whole split."""
-    batches = data.Batches(val, batch_size=batch_size, block_size=block_size,
-                           seed=(seed, EVAL_VAL_STREAM, step))  # fmt: skip
-    x, y = (np.stack(a) for a in zip(*(batches.batch(i) for i in range(n))))
-    est = (x, y, np.ones(x.shape, np.float32))
-    x, y, w = data.eval_windows(val, block_size)
-    pad = -len(x) % batch_size
-    full = tuple(
-        np.concatenate([a, np.zeros((pad, block_size), a.dtype)]).reshape(
-            -1, batch_size, block_size
-        )
-        for a in (x, y, w)
-    )
-    return est, full
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
@@ -105,25 +77,25 @@ def run(cfg: Any, out_dir: str | pathlib.Path, *, steps: int, sample_tokens: int
     torch_threads > 0 calls torch.set_num_threads: on a loaded machine torch's OpenMP threads
     can wait on each other for seconds per step. 0 keeps torch's default. Either is recorded.
     """
-    ref = convert.require_torch()
+    ref = require_torch()
     torch = ref.torch
     if torch_threads:
         torch.set_num_threads(torch_threads)
     meta, splits = data.load_prepared(cfg.data.dir, block_size=cfg.model.block_size,
                                       input_path=cfg.data.input,
                                       val_fraction=cfg.data.val_fraction)  # fmt: skip
-    model_cfg = train.model_config(cfg, meta["vocab_size"])
+    run = run_lib.build(cfg, meta["vocab_size"], mesh=sharding.one_device_mesh())
+    model_cfg, t, A, tokens_per_step = (
+        run.model_cfg,
+        cfg.train,
+        cfg.train.grad_accum,
+        run.tokens_per_step,
+    )
     out = pathlib.Path(out_dir)
-    data.make_dir(out, "--out_dir")  # only once the config and data are known to be good
-    t, A = cfg.train, cfg.train.grad_accum
-    tokens_per_step = t.batch_size * model_cfg.block_size * A
-    batches = data.Batches(splits["train"], batch_size=t.batch_size,
-                           block_size=model_cfg.block_size, seed=(t.seed, train.TRAIN_BATCH_STREAM),
-                           sampling=cfg.data.sampling)  # fmt: skip
-    params = init_params(model_cfg, t.seed)
-    state_dict = convert.to_state_dict(params, model_cfg)
-    ours = JaxTrainer(model_cfg, cfg.opt, tokens_per_step=tokens_per_step, params=params,
-                      seed=t.seed)  # fmt: skip
+    files.make_dir(out, "--out_dir")  # only once the config and data are known to be good
+    batches = run.train_batches(splits["train"])
+    ours = JaxTrainer(run)
+    state_dict = convert.to_state_dict(jax.device_get(ours.params), model_cfg)
     theirs = ref.Trainer(model_cfg, cfg.opt, tokens_per_step=tokens_per_step, state_dict=state_dict)
     load_at_start = os.getloadavg()
     losses = {"jax": [], "torch": []}
@@ -139,8 +111,10 @@ def run(cfg: Any, out_dir: str | pathlib.Path, *, steps: int, sample_tokens: int
             log(
                 f"step {step + 1}: loss jax {losses['jax'][-1]:.4f} torch {losses['torch'][-1]:.4f}"
             )
-    est, full = _val_sets(splits["val"], seed=t.seed, step=steps, batch_size=t.batch_size,
-                          block_size=model_cfg.block_size, n=t.eval_iters)  # fmt: skip
+    est = estimate_batches(splits["val"], EVAL_VAL_STREAM, seed=t.seed, step=steps,
+                           batch_size=t.batch_size, block_size=model_cfg.block_size,
+                           eval_iters=t.eval_iters)  # fmt: skip
+    full = full_val(splits["val"], t.batch_size, model_cfg.block_size)
     evals = {}
     for name, side in (("jax", ours), ("torch", theirs)):
         evals[name] = {
@@ -218,10 +192,7 @@ def _plot(losses: dict[str, list[float]], path: pathlib.Path) -> None:
     bottom.set_ylabel("jax - torch")
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def _markdown(r: dict[str, Any]) -> str:

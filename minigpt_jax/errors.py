@@ -1,4 +1,6 @@
-"""The one exception type for bad user input."""
+"""The typed errors the CLI maps to exit codes, and the one for a missing optional extra."""
+
+from types import ModuleType
 
 
 class UsageError(Exception):
@@ -10,3 +12,16 @@ class UsageError(Exception):
 
 class RunStopped(Exception):
     """A run that cannot go on (a non-finite loss, say): one line, exit code 1, nothing lost."""
+
+
+def require_torch() -> ModuleType:
+    """The torch_ref module, or a one-line UsageError saying how to install torch."""
+    try:
+        from minigpt_jax import torch_ref
+    except ImportError as e:
+        if not (e.name or "").startswith("torch"):
+            raise
+        raise UsageError(
+            "this command needs PyTorch: pip install -e '.[torch]' (torch==2.13.0, CPU wheel)"
+        ) from None
+    return torch_ref

@@ -252,25 +252,3 @@ def write_summary(
     }
     atomic_write_bytes(pathlib.Path(workdir) / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
     return summary
-
-
-# Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets (no sparsity), by a substring
-# of jax's device_kind; CPUs have no table entry: the benchmark measures their GEMM peak.
-PEAK_FLOPS = {
-    "A100": 312e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,  # v5p reports "TPU v5"
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-}
-
-
-def table_peak_flops(device_kind: str) -> float | None:
-    """The spec-sheet peak of a device kind, or None (CPUs, unknown chips)."""
-    for key, peak in PEAK_FLOPS.items():  # first match: 'TPU v5 lite' before 'TPU v5'
-        if key in device_kind:
-            return peak
-    return None

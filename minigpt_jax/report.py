@@ -7,8 +7,8 @@ import pathlib
 from typing import Any
 
 from minigpt_jax import metrics
-from minigpt_jax.files import atomic_write_bytes, make_dir
 from minigpt_jax.errors import UsageError
+from minigpt_jax.files import atomic_write_bytes, make_dir
 
 COLUMNS = (  # (header, summary key or a function of the run)
     ("run", lambda r: r["name"]),

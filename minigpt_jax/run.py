@@ -199,4 +199,3 @@ def build(config: Any, vocab_size: int, *, mesh: Mesh | None = None) -> Run:
         shardings=shardings, abstract_state=abstract_state, batch_sharding=batch,
         train_step=train_step, eval_step=eval_step, tokens_per_step=tokens_per_step,
     )  # fmt: skip
-

@@ -8,23 +8,13 @@ Expected (measured on a 2-core CPU): val loss 2.50 nats on the full val split (3
 after 3000 steps of batch 32, in about 5 s. Variant `:smoke` runs 100 steps for tests.
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _shakespeare_char(arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading their sibling.
-    path = pathlib.Path(__file__).with_name("shakespeare_char.py")
-    spec = importlib.util.spec_from_file_location("shakespeare_char_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from minigpt_jax import config
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
-    c = _shakespeare_char("cpu")
+    c = config.sibling(__file__, "shakespeare_char.py", "cpu")
     c.model.update(arch="bigram", block_size=8, dropout=0.0)
     c.opt.update(schedule="constant", lr=1e-2, weight_decay=0.0)
     c.train.update(batch_size=32, max_iters=3000, eval_interval=500, eval_iters=200)

@@ -13,22 +13,13 @@ Fits a 2-core CPU: see experiments/README.md for the measured run and its result
 Variants: `:smoke` (tiny, for tests).
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _load(name: str, arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading a sibling by path.
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from minigpt_jax import config
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
-    c = _load("shakespeare_char.py", "")
+    c = config.base_config()
     c.model.update(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.1)
     c.model.update(bias=False, bias_mlp=True, bias_ln=True, tie_embeddings=True)
     c.opt.update(schedule="warmup_cosine", lr=3e-4, min_lr=3e-5, warmup_iters=100)
@@ -38,11 +29,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.update(ckpt_interval=300, log_interval=50)
     c.sample.settings = "temperature=1.0 top_k=40; temperature=0.5 top_k=10"
     if arg == "smoke":
-        c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-        c.opt.update(lr=1e-2, min_lr=1e-3, warmup_iters=10, lr_decay_iters=60)
-        c.train.update(batch_size=16, max_iters=60, eval_interval=30, eval_iters=4)
-        c.train.update(ckpt_interval=30, log_interval=10)
-        c.sample.max_new_tokens = 40
+        config.smoke(c, sample_tokens=40)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

@@ -13,32 +13,19 @@ On Tiny Shakespeare as a stand-in, on a 2-core CPU: see experiments/README.md.
 Variants: `:smoke` (tiny, for tests).
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _load(name: str, arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading a sibling by path.
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from minigpt_jax import config
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
-    c = _load("lecture_gpt.py", "")
+    c = config.sibling(__file__, "lecture_gpt.py")
     c.data.update(dir="data/frost", input="")
     c.model.update(block_size=128, n_layer=4, n_head=4, n_embd=256, dropout=0.2)
     c.opt.lr = 3e-4
     c.train.update(batch_size=64, max_iters=5000, eval_interval=500, ckpt_interval=500)
     if arg == "smoke":
-        c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-        c.opt.lr = 1e-2
-        c.train.update(batch_size=16, max_iters=60, eval_interval=30, eval_iters=4)
-        c.train.update(ckpt_interval=30, log_interval=10)
-        c.sample.max_new_tokens = 40
+        config.smoke(c, sample_tokens=40)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

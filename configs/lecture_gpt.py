@@ -18,22 +18,13 @@ without bias computes the same function with weights drawn from the same N(0, 0.
 Variants: `:smoke` (tiny, for tests).
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _load(name: str, arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading a sibling by path.
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from minigpt_jax import config
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
-    c = _load("shakespeare_char.py", "")
+    c = config.base_config()
     c.model.update(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2)
     c.model.update(activation="relu", bias=True, bias_qkv=False, tie_embeddings=False)
     c.model.update(bias_head=True, init="normal")
@@ -42,11 +33,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.update(batch_size=64, max_iters=5000, eval_interval=500, eval_iters=200)
     c.train.update(ckpt_interval=500, log_interval=10)
     if arg == "smoke":
-        c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-        c.opt.lr = 1e-2
-        c.train.update(batch_size=16, max_iters=60, eval_interval=30, eval_iters=4)
-        c.train.update(ckpt_interval=30, log_interval=10)
-        c.sample.max_new_tokens = 40
+        config.smoke(c, sample_tokens=40)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

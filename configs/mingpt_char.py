@@ -24,25 +24,15 @@ updates (weights drawn in another order).
 Variants: `:smoke` (tiny, for tests: prepares its own no-val data dir from data.input).
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _load(name: str, arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading a sibling by path.
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
+from minigpt_jax import config
 
 TEXT_CHARS, BLOCK = 1_115_394, 128  # len(tinyshakespeare), block_size
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
-    c = _load("shakespeare_char.py", "")
+    c = config.base_config()
     c.data.update(dir="data/shakespeare_char_all", input="data/tinyshakespeare/input.txt")
     c.data.update(val_fraction=0.0, sampling="epoch")
     c.model.update(block_size=BLOCK, n_layer=8, n_head=8, n_embd=512, dropout=0.1, bias=True)
@@ -56,11 +46,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.sample.update(prompt="O God, O God!", max_new_tokens=2000)
     c.sample.settings = "temperature=1.0 top_k=10"
     if arg == "smoke":
-        c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32)
-        c.opt.update(lr=1e-2, warmup_tokens=16 * 32 * 5, final_tokens=16 * 32 * 60)
-        c.train.update(batch_size=16, max_iters=60, eval_interval=30, eval_iters=4)
-        c.train.update(ckpt_interval=30, log_interval=10)
-        c.sample.max_new_tokens = 40
+        config.smoke(c, sample_tokens=40)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

@@ -11,31 +11,19 @@ Fits a 2-core CPU in a few minutes: see experiments/README.md for the measured r
 Variants: `:smoke` (tiny, for tests).
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _load(name: str, arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading a sibling by path.
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from minigpt_jax import config
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
-    c = _load("lecture_gpt.py", "")
+    c = config.sibling(__file__, "lecture_gpt.py")
     c.model.update(block_size=32, n_layer=4, n_head=4, n_embd=64, dropout=0.0, activation="relu")
     c.opt.lr = 1e-3
     c.train.update(batch_size=16, max_iters=5000, eval_interval=100, ckpt_interval=500)
     c.train.log_interval = 100
     if arg == "smoke":
-        c.model.update(n_layer=2, n_head=2, n_embd=32)
-        c.train.update(max_iters=60, eval_interval=30, eval_iters=4, ckpt_interval=30)
-        c.train.log_interval = 10
-        c.sample.max_new_tokens = 40
+        config.smoke(c, sample_tokens=40)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

@@ -24,26 +24,16 @@ Variants (after the colon):
   smoke      `char` made tiny and float32 so it runs on a CPU in seconds; tests run it.
 """
 
-import importlib.util
-import pathlib
-
 from ml_collections import config_dict
 
-
-def _shakespeare_char(arg: str) -> config_dict.ConfigDict:
-    # Configs import nothing of the package; they share the schema by loading their sibling.
-    path = pathlib.Path(__file__).with_name("shakespeare_char.py")
-    spec = importlib.util.spec_from_file_location("shakespeare_char_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from minigpt_jax import config
 
 
 def get_config(arg: str = "char") -> config_dict.ConfigDict:
     arg = arg or "char"  # `tpu.py` and `tpu.py:` mean the default too
     if arg not in ("char", "gpt2_124m", "smoke"):
         raise ValueError(f"unknown variant {arg!r}; use one of 'char', 'gpt2_124m', 'smoke'")
-    c = _shakespeare_char("")
+    c = config.base_config()
     c.model.dtype = "bfloat16"  # MXU-native; the model keeps params and logits in float32
     c.mesh.update(data=-1, fsdp=1, tensor=1)  # pure data parallel: 10.65M params fit anywhere
     # A pod slice's workers find each other through JAX's own detection (the metadata server).
@@ -70,10 +60,7 @@ def get_config(arg: str = "char") -> config_dict.ConfigDict:
         c.mesh.update(data=1, fsdp=-1, tensor=1)
         c.model.attention = "pallas"  # flash attention on TPU; block 1024 divides by 128
     elif arg == "smoke":
-        c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+        config.smoke(c, steps=30, warmup=5)
         c.model.dtype = "float32"  # the CPU path, as in every other CPU test
         c.dist.auto = False  # one plain CPU host: no cluster to find
-        c.opt.update(lr=1e-2, min_lr=1e-3, warmup_iters=5, lr_decay_iters=30)
-        c.train.update(batch_size=16, max_iters=30, eval_interval=15, eval_iters=4)
-        c.train.update(ckpt_interval=15, log_interval=5)
     return c

@@ -23,7 +23,8 @@ import numpy as np
 
 from minigpt_jax import data, decode, sample
 from minigpt_jax import run as run_lib
-from minigpt_jax.errors import require_torch
+from minigpt_jax.config import model_config
+from minigpt_jax.errors import UsageError, require_torch
 from minigpt_jax.model import ModelConfig, count_params, init_params
 
 VOCAB = 65  # Tiny Shakespeare's, when the config leaves vocab_size to the data
@@ -38,15 +39,26 @@ def _timed(run, n: int) -> float:
 
 
 def run_sample(
-    cfg: ModelConfig,
+    config: Any | None,
     *,
-    lengths: Sequence[int] = (500, 2000),
+    lengths: Sequence[int | str] = (500, 2000),
     repeats: int = 3,
     num_samples: int = 1,
+    torch_threads: int = 0,
     out: TextIO | None = None,
 ) -> list[dict]:
-    """Times each method at each length (random init, a one-token prompt) and prints a table."""
+    """Times each method at each length (random init, a one-token prompt) and prints a table.
+    The model is the config's (vocab 65 unless it says), or nanoGPT's 6/6/384 without one."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
+    try:
+        lengths = [int(n) for n in lengths]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise UsageError("--lengths takes positive integers, e.g. 500,2000")
+    cfg = (
+        ModelConfig() if config is None else model_config(config, config.model.vocab_size or VOCAB)
+    )
     params = nn.unbox(init_params(cfg, jax.random.key(0)))
     prompt, rng = np.zeros(1, np.int32), jax.random.key(0)
     kw = dict(temperature=1.0, top_k=None, num_samples=num_samples)
@@ -59,7 +71,7 @@ def run_sample(
                                                         max_new_tokens=n, **kw),
     }  # fmt: skip
     if importlib.util.find_spec("torch") is not None and num_samples == 1:
-        runs[TORCH_METHOD] = _torch_generate(params, cfg)
+        runs[TORCH_METHOD] = _torch_generate(params, cfg, torch_threads)
     print(_machine(cfg, num_samples), file=out, flush=True)
     rows = []
     for n in lengths:
@@ -89,12 +101,14 @@ def run_sample(
     return rows
 
 
-def _torch_generate(params: Any, cfg: ModelConfig):
+def _torch_generate(params: Any, cfg: ModelConfig, threads: int):
     """nanoGPT's generate (torch_ref: eager, no cache) on the same weights, one row."""
     from minigpt_jax import convert
 
     torch_ref = require_torch()
     torch = torch_ref.torch
+    if threads:
+        torch.set_num_threads(threads)
     model = torch_ref.make_model(cfg)
     model.load_state_dict(torch_ref.tensors(convert.to_state_dict(jax.device_get(params), cfg)))
     idx = torch.zeros((1, 1), dtype=torch.long)
@@ -158,6 +172,8 @@ def run_train(
     model from the same weights on the same batches, its steps alternating with ours, so a
     burst of load hits both; 'speedup' is its median step time over ours."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
+    if vs_torch:
+        require_torch()  # before compiling anything: the line that says how to get it
     run = run_lib.build(config, config.model.vocab_size or VOCAB)
     model_cfg, t, tokens_per_step = run.model_cfg, config.train, run.tokens_per_step
     tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, 1 << 20, np.uint16)

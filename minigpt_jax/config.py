@@ -6,6 +6,8 @@ Presets in configs/ import this module only: `c = config.base_config()`, then th
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 from typing import Any
 
 from ml_collections import config_dict
@@ -107,9 +109,13 @@ def base_config() -> config_dict.ConfigDict:
     return c
 
 
-def smoke(c: config_dict.ConfigDict, *, steps: int = 60, warmup: int = 10) -> None:
+def smoke(
+    c: config_dict.ConfigDict, *, steps: int = 60, warmup: int = 10, eval_iters: int = 4,
+    sample_tokens: int | None = None,
+) -> None:  # fmt: skip
     """Shrinks a preset in place to a CPU run of seconds that keeps its recipe (schedule shape,
-    switches): a 2/2/32 model, block 32, batch 16, an eval and a checkpoint every steps/2."""
+    switches): a 2/2/32 model, block 32, no dropout, batch 16, evals and checkpoints every
+    steps/2; sample_tokens, when given, shortens the samples drawn at evals."""
     c.model.update(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     c.opt.lr = 1e-2
     if c.opt.schedule in ("nanogpt", "warmup_cosine"):
@@ -117,8 +123,20 @@ def smoke(c: config_dict.ConfigDict, *, steps: int = 60, warmup: int = 10) -> No
     elif c.opt.schedule == "mingpt":
         tokens = 16 * 32  # per step
         c.opt.update(warmup_tokens=tokens * warmup // 2, final_tokens=tokens * steps)
-    c.train.update(batch_size=16, max_iters=steps, eval_interval=steps // 2, eval_iters=4)
+    c.train.update(batch_size=16, max_iters=steps, eval_interval=steps // 2, eval_iters=eval_iters)
     c.train.update(ckpt_interval=steps // 2, log_interval=max(1, steps // 6))
+    if sample_tokens is not None:
+        c.sample.max_new_tokens = sample_tokens
+
+
+def sibling(here: str, name: str, arg: str = "") -> config_dict.ConfigDict:
+    """Another preset's config, by file name beside `here` (a preset's __file__): configs are
+    files, not a package, so a preset that builds on another loads it by path."""
+    path = pathlib.Path(here).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"minigpt_preset_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def from_saved(saved: dict) -> config_dict.ConfigDict:

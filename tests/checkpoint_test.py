@@ -36,9 +36,9 @@ RUN = [
 
 
 @pytest.fixture(scope="module")
-def data_dir(shakespeare, tmp_path_factory):
+def data_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare(data.read_text(shakespeare), out, block_size=64)
+    data.prepare(data.read_text(corpus), out, block_size=64)
     return out
 
 

@@ -27,10 +27,10 @@ def minigpt(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(shakespeare, tmp_path_factory):
+def smoke_run(corpus, tmp_path_factory):
     """prepare -> train :smoke, through the real entry point, once for the module."""
     tmp = tmp_path_factory.mktemp("smoke")
-    prep = minigpt("prepare", "--input", str(shakespeare), "--data_dir", "data", cwd=tmp)
+    prep = minigpt("prepare", "--input", str(corpus), "--data_dir", "data", cwd=tmp)
     assert prep.returncode == 0, prep.stderr
     run = minigpt("train", "--config", SMOKE, "--workdir", "run", "--config.data.dir=data", cwd=tmp)
     assert run.returncode == 0, run.stderr

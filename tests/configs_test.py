@@ -124,8 +124,8 @@ def nanogpt_count(fields: dict) -> int:
     return sum(x.size for k, v in abstract.items() if k != "wpe" for x in jax.tree.leaves(v))
 
 
-def test_tpu_smoke_trains_on_this_cpu(shakespeare: pathlib.Path, tmp_path: pathlib.Path, capsys):
-    data.prepare(data.read_text(shakespeare), tmp_path / "data", block_size=32)
+def test_tpu_smoke_trains_on_this_cpu(corpus: pathlib.Path, tmp_path: pathlib.Path, capsys):
+    data.prepare(data.read_text(corpus), tmp_path / "data", block_size=32)
     workdir = tmp_path / "run"
     code = cli.main(
         [
@@ -183,12 +183,12 @@ def test_source_configs_hold_their_sources_numbers():
 @pytest.mark.parametrize(
     "name", ["mingpt_char.py", "lecture_gpt.py", "day20.py", "mini_gpt.py", "frost.py"]
 )
-def test_source_smoke_trains_and_writes_samples(name, shakespeare, tmp_path, capsys):
+def test_source_smoke_trains_and_writes_samples(name, corpus, tmp_path, capsys):
     """Each source's :smoke variant through the CLI; data prepared from data.input on first use
     (minGPT's without a val split)."""
     workdir = tmp_path / "run"
     args = ["minigpt", "train", "--config", f"{CONFIGS / name}:smoke", "--workdir", str(workdir)]
-    args += [f"--config.data.dir={tmp_path / 'data'}", f"--config.data.input={shakespeare}"]
+    args += [f"--config.data.dir={tmp_path / 'data'}", f"--config.data.input={corpus}"]
     assert cli.main(args) == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]

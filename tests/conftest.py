@@ -1,4 +1,4 @@
-"""Shared fixtures: a persistent XLA cache, the Shakespeare text, a tiny model and its params."""
+"""Shared fixtures: a persistent XLA cache, a generated corpus, a tiny model and its params."""
 
 import os
 import pathlib
@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
+from corpus import make_text
 
 from minigpt_jax.model import ModelConfig, make_model
 
@@ -19,18 +20,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 TINY = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 
-def shakespeare_file() -> pathlib.Path | None:
-    for p in (os.environ.get("MINIGPT_SHAKESPEARE"), ROOT / "data/tinyshakespeare/input.txt"):
-        if p and pathlib.Path(p).is_file():
-            return pathlib.Path(p)
-    return None
-
-
 @pytest.fixture(scope="session")
-def shakespeare() -> pathlib.Path:
-    path = shakespeare_file()
-    if path is None:
-        pytest.skip("Tiny Shakespeare not found: put it at data/tinyshakespeare/input.txt")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A 200 KB generated text over Tiny Shakespeare's 65 characters, written once a session."""
+    path = tmp_path_factory.mktemp("corpus") / "input.txt"
+    path.write_text(make_text(200_000, seed=0), encoding="utf-8")
     return path
 
 

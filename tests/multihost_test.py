@@ -18,9 +18,9 @@ SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
 
 
 @pytest.fixture(scope="module")
-def data_dir(shakespeare, tmp_path_factory):
+def data_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare(data.read_text(shakespeare), out, block_size=32)
+    data.prepare(data.read_text(corpus), out, block_size=32)
     return out
 
 

@@ -53,10 +53,10 @@ def _train(tmp, name, devices, mesh, data_dir):
     return [r.get("loss", r.get("val_loss_full")) for r in records]
 
 
-def test_sharded_meshes_match_one_device(shakespeare, tmp_path):
+def test_sharded_meshes_match_one_device(corpus, tmp_path):
     from minigpt_jax import data
 
-    data.prepare(data.read_text(shakespeare), tmp_path / "data", block_size=32)
+    data.prepare(data.read_text(corpus), tmp_path / "data", block_size=32)
     one = _train(tmp_path, "one", 1, (1, 1, 1), tmp_path / "data")
     # Data, FSDP and tensor parallel at once, with evals and checkpoints in between.
     mixed = _train(tmp_path, "mixed", 8, (2, 2, 2), tmp_path / "data")

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml_collections import config_dict
 
-from minigpt_jax import sample
 from minigpt_jax.errors import UsageError
-from minigpt_jax.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    from minigpt_jax.model_config import ModelConfig
+
+# Preset files import this module while the CLI parses --config, before `--cpu_devices` has
+# split the CPU, and XLA reads its flags when jax starts: so jax (and the modules that import
+# it: model_config, optimizer, sample) are imported inside the functions that check a config.
 
 SAMPLINGS = ("random", "epoch")
-SCHEDULES = ("nanogpt", "constant", "mingpt", "warmup_cosine")
-DECAY_MASKS = ("ndim", "linear", "all")
 INIT_FROM = ("resume", "scratch")
 SAMPLE_KEYS = ("temperature", "top_k", "top_p")
 
@@ -152,6 +155,8 @@ def from_saved(saved: dict) -> config_dict.ConfigDict:
 
 def model_config(c: Any, vocab_size: int | None = None) -> ModelConfig:
     """ModelConfig from the model section; vocab_size, when given, is the data's."""
+    from minigpt_jax.model_config import ModelConfig
+
     fields = dict(c.model)
     if vocab_size is not None:
         fields["vocab_size"] = vocab_size
@@ -169,6 +174,8 @@ def _choice(c: Any, field: str, choices: tuple[str, ...]) -> None:
 
 def validate(c: Any) -> None:
     """Every check that needs no data and no devices: one UsageError line naming the field."""
+    from minigpt_jax import optimizer
+
     t, o = c.train, c.opt
     for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
         if t[name] <= 0:
@@ -177,8 +184,8 @@ def validate(c: Any) -> None:
         raise UsageError("train.grad_accum and train.ckpt_interval must be positive")
     _choice(c, "train.init_from", INIT_FROM)
     _choice(c, "data.sampling", SAMPLINGS)
-    _choice(c, "opt.schedule", SCHEDULES)
-    _choice(c, "opt.decay_mask", DECAY_MASKS)
+    _choice(c, "opt.schedule", optimizer.SCHEDULES)
+    _choice(c, "opt.decay_mask", optimizer.DECAY_MASKS)
     if o.schedule in ("nanogpt", "warmup_cosine") and o.lr_decay_iters < o.warmup_iters:
         raise UsageError(
             f"opt.lr_decay_iters={o.lr_decay_iters} is below opt.warmup_iters={o.warmup_iters}; "
@@ -195,6 +202,8 @@ def validate(c: Any) -> None:
 
 def sample_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:
     """sample.settings ('temperature=0.8 top_k=200; top_p=0.9') -> [(part, sampler kwargs)]."""
+    from minigpt_jax import sample
+
     out = []
     for part in filter(None, (p.strip() for p in settings.split(";"))):
         try:

@@ -5,7 +5,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT
 
-from minigpt_jax import checkpoint, cli, data
-from minigpt_jax.errors import UsageError
+from minigpt_jax import checkpoint, cli, data, files
 
 SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
 # Slow enough (~20-40 ms a step on 2 cores) that a signal lands mid-run; dropout on, so the
@@ -38,7 +36,7 @@ RUN = [
 @pytest.fixture(scope="module")
 def data_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare(data.read_text(corpus), out, block_size=64)
+    data.prepare(files.read_text(corpus), out, block_size=64)
     return out
 
 
@@ -197,23 +195,6 @@ def test_non_finite_loss_stops_without_saving_the_bad_state(data_dir, tmp_path):
     assert last["nonfinite_skipped"] > 0
 
 
-def test_one_run_per_workdir(tmp_path, capsys):
-    lock = tmp_path / checkpoint.LOCK_FILE
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    with pytest.raises(UsageError, match="in use by pid"):
-        with checkpoint.WorkdirLock(tmp_path, print):
-            pass
-    assert lock.exists()  # a refused start leaves the other run's lock alone
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    with checkpoint.WorkdirLock(tmp_path, print):
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert "taking over the stale lock" in capsys.readouterr().out
-    assert not lock.exists()
-
-
 def test_eval_command_reads_best_latest_and_a_step(reference, capsys):
     for step in ("best", "latest", str(STEPS - 10)):
         assert cli.main(["minigpt", "eval", "--workdir", str(reference), "--step", step]) == 0
@@ -228,7 +209,7 @@ def test_eval_command_reads_best_latest_and_a_step(reference, capsys):
 def test_keeps_the_latest_k_and_the_best_n(tmp_path):
     import jax.numpy as jnp
 
-    from minigpt_jax.train import TrainState
+    from minigpt_jax.run import TrainState
 
     ckpt = checkpoint.Checkpointer(tmp_path, keep_latest=2, keep_best=1)
     vals = {10: 3.0, 20: 1.0, 30: 2.0, 40: None, 50: 2.5}  # step 40: a save without an eval
@@ -239,14 +220,3 @@ def test_keeps_the_latest_k_and_the_best_n(tmp_path):
     assert ckpt.steps() == [20, 40, 50]  # best (20) and latest two; the newest is never dropped
     assert ckpt.best_step() == 20
     ckpt.close()
-
-
-def test_config_changes_fills_fields_a_run_predates_with_their_defaults():
-    old = {"model": {"n_layer": 2}, "train": {"max_iters": 10}}
-    new = {
-        "model": {"n_layer": 2, "bias_head": False, "bias_mlp": None},
-        "train": {"max_iters": 20},
-    }
-    assert checkpoint.config_changes(old, new) == ([], ["train.max_iters: 10 -> 20"])
-    refused, _ = checkpoint.config_changes(old, {**new, "model": {"n_layer": 2, "bias_mlp": True}})
-    assert refused == ["model.bias_mlp: None -> True"]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import ROOT
 
-from minigpt_jax import cli, data, optimizer, sharding
+from minigpt_jax import cli, data, files, optimizer, sharding
 from minigpt_jax.model import ModelConfig, make_model
 
 CONFIGS = ROOT / "configs"
@@ -125,7 +125,7 @@ def nanogpt_count(fields: dict) -> int:
 
 
 def test_tpu_smoke_trains_on_this_cpu(corpus: pathlib.Path, tmp_path: pathlib.Path, capsys):
-    data.prepare(data.read_text(corpus), tmp_path / "data", block_size=32)
+    data.prepare(files.read_text(corpus), tmp_path / "data", block_size=32)
     workdir = tmp_path / "run"
     code = cli.main(
         [

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 from corpus import make_text
 
+from minigpt_jax import config
 from minigpt_jax.model import ModelConfig, make_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,6 +19,19 @@ jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 TINY = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+
+
+def tiny_config(**fields):
+    """The schema with TINY's model (vocab from build's argument), a constant lr 1e-2, batch 4
+    and seed 0; each keyword overrides the field of that name in model, train or opt."""
+    c = config.base_config()
+    c.model.update(block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    c.opt.update(schedule="constant", lr=1e-2)
+    c.train.update(batch_size=4, seed=0)
+    for name, value in fields.items():
+        section = next(s for s in ("model", "train", "opt") if name in c[s])
+        c[section][name] = value
+    return c
 
 
 @pytest.fixture(scope="session")

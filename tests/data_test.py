@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from minigpt_jax import data
+from minigpt_jax import data, files
 from minigpt_jax.errors import UsageError
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
@@ -49,7 +49,7 @@ def test_bad_corpus_is_a_usage_error(tmp_path, payload, message):
     path = tmp_path / "in.txt"
     path.write_bytes(payload)
     with pytest.raises(UsageError, match=message):
-        data.prepare(data.read_text(path), tmp_path / "out", block_size=8)
+        data.prepare(files.read_text(path), tmp_path / "out", block_size=8)
     assert not (tmp_path / "out" / "meta.json").exists()
 
 

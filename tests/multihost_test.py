@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import ROOT
 
-from minigpt_jax import data
+from minigpt_jax import data, files
 
 SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
 
@@ -20,7 +20,7 @@ SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
 @pytest.fixture(scope="module")
 def data_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare(data.read_text(corpus), out, block_size=32)
+    data.prepare(files.read_text(corpus), out, block_size=32)
     return out
 
 

@@ -1,16 +1,12 @@
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, init_params
+from conftest import TINY, init_params
 
-from minigpt_jax import bench, cli, sample
+from minigpt_jax import cli, sample
 
 W = TINY.block_size
 VARIANTS = {
@@ -156,122 +152,17 @@ def test_bad_arguments_raise_value_errors(tiny):
     np.testing.assert_array_equal(out, [[4, 2]])
 
 
-def test_benchmark_reference_samples_like_exact(tiny):
-    """The recompute baseline does the same work as window='exact': same tokens, same seed."""
-    cfg, _, params = tiny
-    kw = dict(max_new_tokens=3 * W, temperature=1.0, top_k=5)
-    ref = bench.recompute_generate(params, cfg, [1, 2, 3], jax.random.key(4), **kw)
-    ours = sample.generate(params, cfg, [1, 2, 3], jax.random.key(4), window="exact", **kw)
-    np.testing.assert_array_equal(ref, ours)
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
         (["sample", "--workdir", "w", "--window", "sliding"], "chunked|exact"),
         (["sample", "--workdir", "w", "--out", "nodir/x.txt"], "nodir"),
         (["sample", "--workdir", "w", "--out", "."], "is a directory"),
-        (["bench"], "sample"),
-        (["bench", "fly"], "sample, train"),
-        (["bench", "train"], "needs --config"),
-        (["bench", "train", "--config", "nope.py"], "No such file"),
-        (["bench", "train", "--cpu_devices", "0"], "at least 1"),
-        (["bench", "train", "--cpu_devices", "3"], "fresh `minigpt` process"),
-        (["bench", "sample", "--lengths", "500,lots"], "--lengths"),
-        (["bench", "sample", "--repeats", "0"], "--repeats"),
-        (["bench", "sample", "--config", "nope.py"], "No such file"),
     ],
 )
-def test_bad_sample_and_bench_flags_give_one_line_and_exit_2(
-    args, message, tmp_path, capsys, monkeypatch
-):
+def test_bad_sample_flags_give_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = cli.main(["minigpt", *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err, err
     assert "\n" not in err and "Traceback" not in err
-
-
-LOGITS = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-
-
-def _support(temperature=1.0, top_k=None, top_p=1.0):
-    kept = sample.filter_logits(LOGITS, jnp.float32(temperature), top_k, jnp.float32(top_p))
-    return set(np.flatnonzero(np.isfinite(np.asarray(kept[0]))).tolist())
-
-
-@pytest.mark.parametrize(
-    "kw, support",
-    [
-        ({}, {0, 1, 2, 3}),
-        ({"top_k": 2}, {0, 1}),
-        ({"top_k": jnp.int32(2)}, {0, 1}),  # traced top_k: no recompile per k
-        ({"top_k": 1}, {0}),
-        ({"top_k": 9}, {0, 1, 2, 3}),
-        ({"top_p": 0.5}, {0}),  # token 0 alone reaches 0.5
-        ({"top_p": 0.6}, {0, 1}),
-        ({"top_p": 0.9}, {0, 1, 2}),
-        ({"top_k": 2, "top_p": 0.99}, {0, 1}),
-    ],
-)
-def test_top_k_and_top_p_keep_the_right_tokens(kw, support):
-    assert _support(**kw) == support
-
-
-def test_temperature_zero_is_argmax_and_temperature_sharpens():
-    keys = jax.random.split(jax.random.key(0), 20)
-    logits = jnp.tile(LOGITS, (20, 1))
-    greedy = sample.sample_token(logits, keys, jnp.float32(0.0), None, jnp.float32(1.0))
-    assert set(np.asarray(greedy).tolist()) == {0}
-    warm = sample.sample_token(logits, keys, jnp.float32(1.0), None, jnp.float32(1.0))
-    assert len(set(np.asarray(warm).tolist())) > 1
-    cold = sample.filter_logits(LOGITS, jnp.float32(0.5), None, jnp.float32(1.0))
-    assert float(jax.nn.softmax(cold)[0, 0]) > 0.5
-
-
-def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
-    """The step's FLOPs come from XLA's cost analysis of the compiled step: forward and backward
-    are about 6 x params x tokens (plus attention), so reading the forward alone would fail."""
-    out = tmp_path / "train.json"
-    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
-    args = ["minigpt", "bench", "train", "--config", smoke, "--steps", "2", "--out", str(out)]
-    args += ["--vs", "torch", "--torch_threads", "1"]
-    assert cli.main(args) == 0, capsys.readouterr().err
-    row = json.loads(out.read_text())
-    tokens = 16 * 32
-    assert 1.0 < row["flops_per_step"] / (6 * row["params"] * tokens) < 1.6
-    assert 0 < row["mfu"] <= 1.0 and row["peak_source"].startswith("measured")
-    assert row["temp_bytes"] > 0  # XLA's scratch memory: what remat trades for compute
-    ms = row["ms_per_iter"]
-    assert ms["min"] <= ms["median"] <= ms["max"] and row["compile_s"] > 0
-    assert row["config"] == "2/2/32 block 32 batch 16x1 (float32)"  # the smoke model ran
-    # The PyTorch reference took its turns: a ratio of two measured medians.
-    torch_ms = row["torch"]["ms_per_iter"]["median"]
-    assert row["speedup_vs_torch"] == pytest.approx(torch_ms / ms["median"])
-    assert "ours is" in capsys.readouterr().out
-
-
-def test_bench_sample_times_pytorch_generate_on_the_same_weights(capsys):
-    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
-    args = ["minigpt", "bench", "sample", "--config", smoke, "--lengths", "40", "--repeats", "1"]
-    assert cli.main([*args, "--torch_threads", "1"]) == 0, capsys.readouterr().err
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40 |")]
-    assert [r.split(" | ")[1] for r in rows] == [*bench.METHODS, bench.TORCH_METHOD]
-    assert all(r.rstrip(" |").endswith("x") for r in rows)  # every row has its x PyTorch
-
-
-def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):
-    """--cpu_devices 2 in a fresh process: two XLA CPU devices, and mesh.data=-1 takes both."""
-    out = tmp_path / "train.json"
-    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
-    args = ["bench", "train", "--config", smoke, "--steps", "1", "--cpu_devices", "2"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "minigpt_jax.cli", *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    row = json.loads(out.read_text())
-    assert row["device_count"] == 2 and row["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
-    # The step's FLOPs are the whole step's, not one device's half of it.
-    assert 1.0 < row["flops_per_step"] / (6 * row["params"] * 16 * 32) < 1.6

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 from ml_collections import config_dict
 
-from minigpt_jax import sharding
+from minigpt_jax import files, sharding
 from minigpt_jax.errors import UsageError
 
 
@@ -56,7 +56,7 @@ def _train(tmp, name, devices, mesh, data_dir):
 def test_sharded_meshes_match_one_device(corpus, tmp_path):
     from minigpt_jax import data
 
-    data.prepare(data.read_text(corpus), tmp_path / "data", block_size=32)
+    data.prepare(files.read_text(corpus), tmp_path / "data", block_size=32)
     one = _train(tmp_path, "one", 1, (1, 1, 1), tmp_path / "data")
     # Data, FSDP and tensor parallel at once, with evals and checkpoints in between.
     mixed = _train(tmp_path, "mixed", 8, (2, 2, 2), tmp_path / "data")

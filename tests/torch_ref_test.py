@@ -3,6 +3,7 @@ batches -> the same training losses through AdamW, clipping, accumulation and ev
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -12,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ml_collections import config_dict
 
-from minigpt_jax import compare, convert, data, optimizer
-from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax import compare, config, convert, data, optimizer, sharding
+from minigpt_jax import run as run_lib
+from minigpt_jax.model import ModelConfig, abstract_params, init_params, make_model
 
 torch = pytest.importorskip("torch")
 from minigpt_jax import torch_ref  # noqa: E402  (needs torch)
@@ -92,11 +94,24 @@ def _stream(vocab: int, n: int = 4000) -> np.ndarray:
     return tokens.astype(np.uint16)
 
 
+def _run(cfg: ModelConfig, opt, accum: int) -> run_lib.Run:
+    """The run builder's Run for a model and an opt section, batch 4, on one device."""
+    c = config.base_config()
+    c.model.update({k: v for k, v in dataclasses.asdict(cfg).items() if k != "vocab_size"})
+    c.opt.update(opt)
+    c.train.update(batch_size=4, grad_accum=accum, seed=3)
+    return run_lib.build(c, cfg.vocab_size, mesh=sharding.one_device_mesh())
+
+
+def _params(cfg: ModelConfig, seed: int):
+    return jax.device_get(nn.unbox(init_params(cfg, jax.random.key(seed))))
+
+
 def _train_both(cfg, opt, *, accum=1, steps=20, torch_opt=None):
-    params = compare.init_params(cfg, 3)
     batches = data.Batches(_stream(cfg.vocab_size), batch_size=4, block_size=cfg.block_size, seed=7)
     tokens = 4 * cfg.block_size * accum
-    ours = compare.JaxTrainer(cfg, opt, tokens_per_step=tokens, params=params)
+    ours = compare.JaxTrainer(_run(cfg, opt, accum))
+    params = jax.device_get(ours.params)
     theirs = torch_ref.Trainer(cfg, torch_opt or opt, tokens_per_step=tokens,
                                state_dict=convert.to_state_dict(params, cfg))  # fmt: skip
     losses = []
@@ -149,7 +164,7 @@ def test_the_loss_comparison_can_tell_a_wrong_schedule():
 @pytest.mark.parametrize("case", ["nanogpt", "lecture"])
 def test_one_step_gradients_agree(case):
     cfg = CASES[case][0]
-    model, params = make_model(cfg), _perturbed(compare.init_params(cfg, 5), 5)
+    model, params = make_model(cfg), _perturbed(_params(cfg, 5), 5)
     x_BxT, y_BxT = data.Batches(_stream(cfg.vocab_size), batch_size=4,
                                 block_size=cfg.block_size, seed=0).batch(0)  # fmt: skip
 
@@ -189,7 +204,7 @@ def test_torch_lr_formula_agrees_with_optimizer_py(schedule):
     ids=["tied", "untied-biases", "bigram"],
 )  # fmt: skip
 def test_torch_decay_groups_agree_with_optimizer_masks(cfg, mask):
-    params = convert.abstract_params(cfg)
+    params = nn.unbox(abstract_params(cfg))
     flags = optimizer.decay_mask(mask)(params)
     ours = {convert.torch_name(path, cfg.arch): bool(f) for path, f in convert._paths(flags)}
     decay, no_decay = torch_ref.decay_groups(torch_ref.make_model(cfg), mask)
@@ -211,7 +226,7 @@ def test_torch_init_follows_the_init_switches():
 
 def test_generate_is_nanogpts_loop():
     cfg = TINY
-    model = _torch_model(cfg, _perturbed(compare.init_params(cfg, 0)))
+    model = _torch_model(cfg, _perturbed(_params(cfg, 0)))
     idx = torch.zeros((2, 1), dtype=torch.long)
     out = torch_ref.generate(model, idx, 20, top_k=3, generator=torch.Generator().manual_seed(0))
     again = torch_ref.generate(model, idx, 20, top_k=3, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,88 @@
+"""`minigpt bench sample | train`: what the tables report, the CPU split, the flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from minigpt_jax import bench, cli
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench"], "sample"),
+        (["bench", "fly"], "sample, train"),
+        (["bench", "train"], "--config is required"),
+        (["bench", "train", "--config", "nope.py"], "No such file"),
+        (["bench", "train", "--cpu_devices", "0"], "cpu_devices"),
+        (["bench", "train", "--cpu_devices", "3"], "fresh `minigpt` process"),
+        (["bench", "sample", "--lengths", "500,lots"], "--lengths"),
+        (["bench", "sample", "--repeats", "0"], "--repeats"),
+        (["bench", "sample", "--config", "nope.py"], "No such file"),
+    ],
+)
+def test_bad_bench_flags_give_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["minigpt", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err, err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_peak_table_matches_device_kinds_most_specific_first():
+    assert bench.table_peak_flops("TPU v5 lite") == 197e12  # v5e, not v5p's 'TPU v5'
+    assert bench.table_peak_flops("TPU v5") == 459e12
+    assert bench.table_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.table_peak_flops("cpu") is None
+
+
+def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
+    """The step's FLOPs come from XLA's cost analysis of the compiled step: forward and backward
+    are about 6 x params x tokens (plus attention), so reading the forward alone would fail."""
+    out = tmp_path / "train.json"
+    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
+    args = ["minigpt", "bench", "train", "--config", smoke, "--steps", "2", "--out", str(out)]
+    args += ["--vs", "torch", "--torch_threads", "1"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    row = json.loads(out.read_text())
+    tokens = 16 * 32
+    assert 1.0 < row["flops_per_step"] / (6 * row["params"] * tokens) < 1.6
+    assert 0 < row["mfu"] <= 1.0 and row["peak_source"].startswith("measured")
+    assert row["temp_bytes"] > 0  # XLA's scratch memory: what remat trades for compute
+    ms = row["ms_per_iter"]
+    assert ms["min"] <= ms["median"] <= ms["max"] and row["compile_s"] > 0
+    assert row["config"] == "2/2/32 block 32 batch 16x1 (float32)"  # the smoke model ran
+    # The PyTorch reference took its turns: a ratio of two measured medians.
+    torch_ms = row["torch"]["ms_per_iter"]["median"]
+    assert row["speedup_vs_torch"] == pytest.approx(torch_ms / ms["median"])
+    assert "ours is" in capsys.readouterr().out
+
+
+def test_bench_sample_times_pytorch_generate_on_the_same_weights(capsys):
+    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
+    args = ["minigpt", "bench", "sample", "--config", smoke, "--lengths", "40", "--repeats", "1"]
+    assert cli.main([*args, "--torch_threads", "1"]) == 0, capsys.readouterr().err
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40 |")]
+    assert [r.split(" | ")[1] for r in rows] == [*bench.METHODS, bench.TORCH_METHOD]
+    assert all(r.rstrip(" |").endswith("x") for r in rows)  # every row has its x PyTorch
+
+
+def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):
+    """--cpu_devices 2 in a fresh process: two XLA CPU devices, and mesh.data=-1 takes both."""
+    out = tmp_path / "train.json"
+    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
+    args = ["bench", "train", "--config", smoke, "--steps", "1", "--cpu_devices", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "minigpt_jax.cli", *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())
+    assert row["device_count"] == 2 and row["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    # The step's FLOPs are the whole step's, not one device's half of it.
+    assert 1.0 < row["flops_per_step"] / (6 * row["params"] * 16 * 32) < 1.6

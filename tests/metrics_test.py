@@ -1,0 +1,244 @@
+"""minigpt_jax.metrics: metrics.jsonl, TensorBoard events, the summary and the loss plot."""
+
+import json
+import math
+import pathlib
+import struct
+
+import pytest
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto.event_pb2 import SessionLog
+
+from minigpt_jax import metrics
+
+
+def _train(loss=2.5, ms=10.0, lr=1e-3):
+    return {"loss": loss, "ms_per_iter": ms, "tokens_per_s": 1000.0, "lr": lr, "grad_norm": 0.5}
+
+
+def _eval(train_loss=2.4, val_loss=None):
+    r = {"train_loss": train_loss}
+    if val_loss is not None:
+        r |= {"val_loss": val_loss, "val_loss_full": val_loss + 0.01, "val_bpc": val_loss / 0.69}
+    return r
+
+
+def _lines(workdir) -> list[dict]:
+    text = (pathlib.Path(workdir) / metrics.METRICS_FILE).read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _events(workdir) -> list:
+    """Every Event in the TFRecord files under workdir/tb."""
+    events = []
+    for path in sorted((pathlib.Path(workdir) / "tb").glob("events.out.tfevents*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):  # record: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            events.append(event_pb2.Event.FromString(data[i + 12 : i + 12 + n]))
+            i += 12 + n + 4
+    return events
+
+
+def _scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of the scalars under workdir/tb."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for event in _events(workdir):
+        for v in event.summary.value:
+            if v.HasField("simple_value"):
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def _write_run(workdir, steps, *, resume_step=None):
+    w = metrics.MetricsWriter(workdir, total=10, resume_step=resume_step)
+    for s in steps:
+        w.write("train", s, _train(loss=3.0 - s / 10))
+    w.close()
+
+
+def test_writer_appends_one_json_line_per_record(tmp_path, capsys):
+    w = metrics.MetricsWriter(tmp_path, total=10)
+    w.write("train", 1, _train(loss=2.5))
+    w.write("eval", 2, _eval(2.4, 2.6))
+    w.close()
+    assert _lines(tmp_path) == [
+        {"kind": "train", "step": 1, **_train(loss=2.5)},
+        {"kind": "eval", "step": 2, **_eval(2.4, 2.6)},
+    ]
+
+
+def test_writer_mirrors_finite_scalars_to_tensorboard(tmp_path):
+    w = metrics.MetricsWriter(tmp_path, total=10)
+    w.write("train", 1, _train(loss=2.5))
+    w.write("train", 2, _train(loss=2.25))
+    w.write("eval", 2, {**_eval(2.4, 2.6), "val_loss_full": math.nan})
+    w.close()
+    tb = _scalars(tmp_path)
+    assert tb["train/loss"] == [(1, 2.5), (2, 2.25)]
+    assert tb["eval/val_loss"] == [(2, pytest.approx(2.6))]
+    assert "eval/val_loss_full" not in tb  # NaN goes to the JSON line only
+    assert math.isnan(_lines(tmp_path)[-1]["val_loss_full"])
+
+
+def test_writer_off_a_terminal_prints_a_plain_line_per_record(tmp_path, capsys):
+    w = metrics.MetricsWriter(tmp_path, total=10)
+    w.write("train", 3, _train(loss=2.5, ms=12.5, lr=6e-4))
+    w.write("eval", 4, _eval(2.4, 2.6))
+    w.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "iter 3: loss 2.5000, time 12.5ms, 1000 tok/s, lr 6.00e-04, grad norm 0.500",
+        "step 4: " + metrics.describe_eval(_eval(2.4, 2.6)),
+    ]
+
+
+def test_resumed_writer_keeps_records_up_to_the_resume_step_and_drops_later(tmp_path):
+    """The interrupted run logged steps 0-4; resuming from 2 redoes 3 and 4."""
+    _write_run(tmp_path, range(5))
+    w = metrics.MetricsWriter(tmp_path, total=10, resume_step=2)
+    assert [r["step"] for r in _lines(tmp_path)] == [0, 1, 2]  # dropped at once, not at close
+    w.write("train", 3, _train(loss=9.0))
+    w.close()
+    records = _lines(tmp_path)
+    assert [r["step"] for r in records] == [0, 1, 2, 3] and records[-1]["loss"] == 9.0
+    assert records[:3] == [{"kind": "train", "step": s, **_train(3.0 - s / 10)} for s in range(3)]
+
+
+def test_resumed_writer_hides_tensorboard_events_past_the_resume_step(tmp_path):
+    """purge_step: TensorBoard shows the redone step 3, not the interrupted run's."""
+    _write_run(tmp_path, range(5))
+    w = metrics.MetricsWriter(tmp_path, total=10, resume_step=2)
+    w.write("train", 3, _train(loss=9.0))
+    w.close()
+    starts = [e.step for e in _events(tmp_path) if e.session_log.status == SessionLog.START]
+    assert 3 in starts  # SessionLog.START at resume_step + 1: TensorBoard drops steps >= 3
+    assert (3, 9.0) in _scalars(tmp_path)["train/loss"]
+
+
+def test_fresh_writer_starts_empty_even_over_an_old_run(tmp_path):
+    _write_run(tmp_path, range(3))
+    w = metrics.MetricsWriter(tmp_path, total=10)
+    w.close()
+    assert (tmp_path / metrics.METRICS_FILE).read_text() == ""
+
+
+def test_disabled_writer_writes_nothing(tmp_path, capsys):
+    w = metrics.MetricsWriter(tmp_path, total=10, enabled=False)
+    w.write("train", 1, _train())
+    w.write("eval", 1, _eval(2.4, 2.6))
+    w.write_samples(1, "text")
+    w.log("hello")
+    w.advance()
+    w.close()
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().out == ""
+
+
+def test_disabled_writer_leaves_an_existing_run_alone(tmp_path):
+    """Processes other than 0 of a resumed run must not truncate process 0's file."""
+    _write_run(tmp_path, range(5))
+    before = (tmp_path / metrics.METRICS_FILE).read_bytes()
+    metrics.MetricsWriter(tmp_path, total=10, resume_step=2, enabled=False).close()
+    assert (tmp_path / metrics.METRICS_FILE).read_bytes() == before
+
+
+def test_write_samples_saves_the_text_per_step(tmp_path):
+    w = metrics.MetricsWriter(tmp_path, total=10)
+    w.write_samples(7, "ROMEO:\nhello")
+    w.close()
+    assert (tmp_path / "samples" / "step_000007.txt").read_text() == "ROMEO:\nhello"
+
+
+def test_read_metrics_of_a_dir_without_metrics_is_empty(tmp_path):
+    assert metrics.read_metrics(tmp_path) == []
+
+
+def test_read_metrics_skips_a_line_cut_short(tmp_path):
+    _write_run(tmp_path, range(3))
+    with open(tmp_path / metrics.METRICS_FILE, "a") as f:
+        f.write('{"kind": "train", "step": 3, "lo')  # the process died mid-line
+    assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [0, 1, 2]
+
+
+def test_resuming_after_a_line_cut_short_drops_it(tmp_path):
+    """Else the next record would be appended to the broken line and lost too."""
+    _write_run(tmp_path, range(3))
+    with open(tmp_path / metrics.METRICS_FILE, "a") as f:
+        f.write('{"kind": "train", "step": 3, "lo')
+    _write_run(tmp_path, [3], resume_step=2)
+    assert [r["step"] for r in _lines(tmp_path)] == [0, 1, 2, 3]
+
+
+def _records_by_hand(workdir, records):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (pathlib.Path(workdir) / metrics.METRICS_FILE).write_text(text)
+
+
+def test_write_summary_finds_the_best_and_final_values(tmp_path):
+    _records_by_hand(
+        tmp_path,
+        [
+            {"kind": "eval", "step": 0, **_eval(4.0, 4.1)},
+            {"kind": "train", "step": 10, **_train(ms=1000.0)},  # includes compilation
+            {"kind": "train", "step": 20, **_train(ms=10.0)},
+            {"kind": "eval", "step": 20, **_eval(3.0, 2.9)},
+            {"kind": "train", "step": 30, **_train(ms=14.0)},
+            {"kind": "train", "step": 40, **_train(ms=12.0)},
+            {"kind": "eval", "step": 40, **_eval(2.8, 3.2)},  # overfit: worse val than step 20
+        ],
+    )
+    params = {"total": 1234}
+    s = metrics.write_summary(tmp_path, params=params, tokens_per_step=64, wall_s=5.5)
+    assert s["step"] == 40 and s["tokens_seen"] == 40 * 64 and s["tokens_per_step"] == 64
+    assert (s["best_val_loss"], s["best_step"]) == (2.9, 20)
+    assert s["final_train_loss"] == 2.8 and s["final_val_loss"] == 3.2
+    assert s["final_val_loss_full"] == pytest.approx(3.21)
+    assert s["final_val_bpc"] == pytest.approx(3.2 / 0.69)
+    assert s["median_ms_per_iter"] == 12.0  # of 10, 14, 12: the first record left out
+    assert s["wall_s"] == 5.5 and s["params"] == params and s["device_count"] >= 1
+    assert json.loads((tmp_path / metrics.SUMMARY_FILE).read_text()) == s
+
+
+def test_write_summary_without_a_val_split_or_a_second_train_record(tmp_path):
+    _records_by_hand(
+        tmp_path,
+        [
+            {"kind": "train", "step": 5, **_train(ms=1000.0)},
+            {"kind": "eval", "step": 5, **_eval(3.5)},
+        ],
+    )
+    s = metrics.write_summary(tmp_path, params={}, tokens_per_step=8, wall_s=1.0)
+    assert s["best_val_loss"] is None and s["best_step"] is None
+    assert s["final_train_loss"] == 3.5 and s["final_val_loss"] is None
+    assert s["median_ms_per_iter"] is None  # one record is all compilation
+    assert s["step"] == 5 and s["tokens_seen"] == 40
+
+
+def test_describe_eval_with_a_val_split():
+    line = metrics.describe_eval(
+        {"train_loss": 1.23456, "val_loss": 1.5, "val_loss_full": 1.49, "val_bpc": 2.15}
+    )
+    assert line == "train loss 1.2346, val loss 1.5000, full val 1.4900 (2.1500 bits/char)"
+
+
+def test_describe_eval_without_a_val_split_has_the_train_estimate_only():
+    assert metrics.describe_eval({"train_loss": 2.0}) == "train loss 2.0000"
+
+
+def test_plot_losses_writes_loss_png(tmp_path):
+    _records_by_hand(
+        tmp_path,
+        [{"kind": "train", "step": s, **_train(loss=3 - s / 100)} for s in range(0, 50, 10)]
+        + [{"kind": "eval", "step": 40, **_eval(2.7, 2.8)}],
+    )
+    out = metrics.plot_losses(tmp_path, tokens_per_step=256)
+    assert out == tmp_path / "loss.png"
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "metrics.jsonl"]
+
+
+def test_plot_losses_without_records_writes_nothing(tmp_path):
+    assert metrics.plot_losses(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []

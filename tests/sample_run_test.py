@@ -1,0 +1,54 @@
+"""`minigpt sample` over a run: the latest checkpoint continues a prompt, to stdout and a file."""
+
+import io
+
+import pytest
+from conftest import tiny_config
+
+from minigpt_jax import data, files, sample_run, train
+from minigpt_jax.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def workdir(corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sample_run")
+    data.prepare(files.read_text(corpus)[:20_000], tmp / "data", block_size=8)
+    c = tiny_config(max_iters=4, eval_interval=4, ckpt_interval=4, eval_iters=1)
+    c.data.dir = str(tmp / "data")
+    c.sample.max_new_tokens = 0
+    train.train_and_evaluate(c, tmp / "run")
+    return tmp / "run"
+
+
+def test_samples_stream_to_stdout_and_the_file_alike(workdir, tmp_path):
+    stdout, out = io.StringIO(), tmp_path / "s.txt"
+    kw = dict(seed=3, max_new_tokens=20, top_k=5, num_samples=2)
+    sample_run.sample_run(workdir, "O God", out=out, stdout=stdout, **kw)
+    text = stdout.getvalue()
+    assert out.read_text() == text
+    samples = text.split("\n---------------\n")
+    assert len(samples) == 3 and samples[2] == ""  # two samples, each closed by dashes
+    assert all(s.startswith("O God") and len(s) == len("O God") + 20 for s in samples[:2])
+    again = io.StringIO()
+    sample_run.sample_run(workdir, "O God", stdout=again, **kw)
+    assert again.getvalue() == text  # the seed fixes the samples
+
+
+@pytest.mark.parametrize(
+    "prompt, kw, message",
+    [
+        ("", {}, "prompt is empty"),
+        ("O", {"top_p": 0.0}, "top_p"),
+        ("O", {"temperature": -1.0}, "temperature"),
+        ("O", {"window": "sliding"}, "window"),
+        ("Ø", {}, "'Ø'"),
+    ],
+)
+def test_bad_prompts_and_settings_are_usage_errors(workdir, prompt, kw, message):
+    with pytest.raises(UsageError, match=message):
+        sample_run.sample_run(workdir, prompt, stdout=io.StringIO(), **kw)
+
+
+def test_a_folder_that_is_not_a_run_says_so(tmp_path):
+    with pytest.raises(UsageError, match="config.json not found"):
+        sample_run.sample_run(tmp_path, "O", stdout=io.StringIO())

@@ -1,0 +1,62 @@
+"""The run folder: one run per workdir, its run files, and what a resume may change."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from minigpt_jax import checkpoint, workdir
+from minigpt_jax.errors import UsageError
+
+
+def test_one_run_per_workdir(tmp_path, capsys):
+    lock = tmp_path / workdir.LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(UsageError, match="in use by pid"):
+        with workdir.WorkdirLock(tmp_path, print):
+            pass
+    assert lock.exists()  # a refused start leaves the other run's lock alone
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with workdir.WorkdirLock(tmp_path, print):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "taking over the stale lock" in capsys.readouterr().out
+    assert not lock.exists()
+
+
+def test_config_changes_fills_fields_a_run_predates_with_their_defaults():
+    old = {"model": {"n_layer": 2}, "train": {"max_iters": 10}}
+    new = {
+        "model": {"n_layer": 2, "bias_head": False, "bias_mlp": None},
+        "train": {"max_iters": 20},
+    }
+    assert workdir.config_changes(old, new) == ([], ["train.max_iters: 10 -> 20"])
+    refused, _ = workdir.config_changes(old, {**new, "model": {"n_layer": 2, "bias_mlp": True}})
+    assert refused == ["model.bias_mlp: None -> True"]
+
+
+def test_run_files_round_trip_and_name_what_is_missing(tmp_path):
+    config, meta = {"model": {"n_layer": 2, "vocab_size": 3}}, {"itos": ["a", "b", "é"]}
+    with pytest.raises(UsageError, match="does not exist"):
+        workdir.read_run_files(tmp_path / "nope")
+    with pytest.raises(UsageError, match="config.json not found"):
+        workdir.read_run_files(tmp_path)
+    workdir.write_run_files(tmp_path, config, meta)
+    assert workdir.read_run_files(tmp_path) == (config, meta)
+    (tmp_path / workdir.CONFIG_FILE).write_text("{cut")
+    with pytest.raises(UsageError, match="unreadable run file"):
+        workdir.read_run_files(tmp_path)
+
+
+def test_discard_run_removes_records_and_keeps_the_run_files(tmp_path):
+    (tmp_path / checkpoint.CKPT_DIR / "10").mkdir(parents=True)
+    (tmp_path / "tb").mkdir()
+    for name in ("metrics.jsonl", "loss.png", workdir.CONFIG_FILE):
+        (tmp_path / name).write_text("x")
+    workdir.discard_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.CONFIG_FILE]

@@ -1,145 +1,47 @@
-"""`minigpt bench sample | train`: the sampler against nanoGPT-style recompute, and the train
-step's compile time, ms/iter, tokens/s and MFU.
+"""`minigpt bench train`: the train step's trace and compile time, ms/iter, tokens/s, MFU and
+XLA's scratch memory, beside the PyTorch reference's step when asked; and the table helpers
+bench_sample.py shares.
 
 Not a test: timings on a shared machine are noisy, so each cell is the median of repeats, the
-methods take turns within each repeat, and ratios are only taken within one run.
+methods take turns, and ratios are only taken within one run.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any, TextIO
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minigpt_jax import data, decode, sample
+from minigpt_jax import data
 from minigpt_jax import run as run_lib
-from minigpt_jax.config import model_config
-from minigpt_jax.errors import UsageError, require_torch
-from minigpt_jax.model import ModelConfig, count_params, init_params
+from minigpt_jax.errors import require_torch
+from minigpt_jax.model import count_params
 
 VOCAB = 65  # Tiny Shakespeare's, when the config leaves vocab_size to the data
-METHODS = ("cached chunked", "cached exact", "recompute (nanoGPT-style)")
-TORCH_METHOD = "PyTorch nanoGPT generate"
 
 
-def _timed(run, n: int) -> float:
+def timed(run, n: int) -> float:
     t0 = time.perf_counter()
     run(n)  # generate returns host arrays: the time includes the device work
     return time.perf_counter() - t0
 
 
-def run_sample(
-    config: Any | None,
-    *,
-    lengths: Sequence[int | str] = (500, 2000),
-    repeats: int = 3,
-    num_samples: int = 1,
-    torch_threads: int = 0,
-    out: TextIO | None = None,
-) -> list[dict]:
-    """Times each method at each length (random init, a one-token prompt) and prints a table.
-    The model is the config's (vocab 65 unless it says), or nanoGPT's 6/6/384 without one."""
-    out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
-    try:
-        lengths = [int(n) for n in lengths]
-    except ValueError:
-        lengths = []
-    if not lengths or min(lengths) < 1:
-        raise UsageError("--lengths takes positive integers, e.g. 500,2000")
-    cfg = (
-        ModelConfig() if config is None else model_config(config, config.model.vocab_size or VOCAB)
-    )
-    params = nn.unbox(init_params(cfg, jax.random.key(0)))
-    prompt, rng = np.zeros(1, np.int32), jax.random.key(0)
-    kw = dict(temperature=1.0, top_k=None, num_samples=num_samples)
-    runs = {
-        METHODS[0]: lambda n: sample.generate(params, cfg, prompt, rng, max_new_tokens=n,
-                                              window="chunked", **kw),
-        METHODS[1]: lambda n: sample.generate(params, cfg, prompt, rng, max_new_tokens=n,
-                                              window="exact", **kw),
-        METHODS[2]: lambda n: decode.recompute_generate(params, cfg, prompt, rng,
-                                                        max_new_tokens=n, **kw),
-    }  # fmt: skip
-    if importlib.util.find_spec("torch") is not None and num_samples == 1:
-        runs[TORCH_METHOD] = _torch_generate(params, cfg, torch_threads)
-    print(_machine(cfg, num_samples), file=out, flush=True)
-    rows = []
-    for n in lengths:
-        compile_s = {m: _timed(run, n) for m, run in runs.items()}
-        times = {m: [] for m in runs}
-        for r in range(repeats):  # methods take turns, so a burst of load hits them all
-            for m, run in runs.items():
-                times[m].append(_timed(run, n))
-            print(f"  {n} new tokens: repeat {r + 1}/{repeats} done", file=out, flush=True)
-        ref = statistics.median(times[METHODS[2]])
-        torch_ref = statistics.median(times[TORCH_METHOD]) if TORCH_METHOD in times else None
-        for m in runs:
-            med = statistics.median(times[m])
-            rows.append(
-                dict(new_tokens=n, method=m, tok_s=num_samples * n / med, seconds=med,
-                     spread=(min(times[m]), max(times[m])), first_call_s=compile_s[m],
-                     speedup=ref / med, speedup_torch=torch_ref and torch_ref / med)
-            )  # fmt: skip
-    print(table(rows), file=out)
-    if TORCH_METHOD not in runs:
-        why = (
-            "num_samples > 1"
-            if num_samples > 1
-            else "torch is not installed (pip install -e '.[torch]')"
-        )
-        print(f"PyTorch comparison skipped: {why}.", file=out)
-    return rows
-
-
-def _torch_generate(params: Any, cfg: ModelConfig, threads: int):
-    """nanoGPT's generate (torch_ref: eager, no cache) on the same weights, one row."""
-    from minigpt_jax import convert
-
-    torch_ref = require_torch()
-    torch = torch_ref.torch
-    if threads:
-        torch.set_num_threads(threads)
-    model = torch_ref.make_model(cfg)
-    model.load_state_dict(torch_ref.tensors(convert.to_state_dict(jax.device_get(params), cfg)))
-    idx = torch.zeros((1, 1), dtype=torch.long)
-    gen = torch.Generator().manual_seed(0)
-    return lambda n: torch_ref.generate(model, idx, n, generator=gen)
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| new tokens | method | tokens/s (median) | seconds: median (min-max) | first call s "
-        "| x recompute | x PyTorch |",
-        "|---:|---|---:|---|---:|---:|---:|",
-    ]
-    for r in rows:
-        lo, hi = r["spread"]
-        vs_torch = f"{r['speedup_torch']:.1f}x" if r.get("speedup_torch") else "-"
-        lines.append(
-            f"| {r['new_tokens']} | {r['method']} | {r['tok_s']:.1f} | "
-            f"{r['seconds']:.2f} ({lo:.2f}-{hi:.2f}) | {r['first_call_s']:.1f} | "
-            f"{r['speedup']:.1f}x | {vs_torch} |"
-        )
+def markdown(columns: tuple, rows: list[dict]) -> str:
+    """A markdown table: columns are (header, 'l' or 'r' alignment, cell function of a row)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |"]
+    lines.append("|" + "|".join("---:" if a == "r" else "---" for _, a, _ in columns) + "|")
+    lines += ["| " + " | ".join(cell(r) for _, _, cell in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _machine(cfg: ModelConfig, num_samples: int) -> str:
-    return (
-        f"bench sample: {cfg.n_layer}/{cfg.n_head}/{cfg.n_embd} block {cfg.block_size} "
-        f"vocab {cfg.vocab_size} ({cfg.dtype}), {num_samples} row(s), random init; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}"
-    )
+def spread(mid: float, lo: float, hi: float, fmt: str) -> str:
+    return f"{mid:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
 
 
 def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -147,7 +49,7 @@ def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
-    best = min(_timed(lambda _: matmul(a).block_until_ready(), 0) for _ in range(repeats))
+    best = min(timed(lambda _: matmul(a).block_until_ready(), 0) for _ in range(repeats))
     return 2 * n**3 / best
 
 
@@ -168,7 +70,7 @@ def run_train(
     data) the way `minigpt train` runs it: on the config's mesh, state donated, one host batch
     made per step. Each step is synced so its time is its own.
 
-    vs_torch: the PyTorch reference (torch_ref.Trainer, nanoGPT's loop, eager) trains the same
+    vs_torch: the PyTorch reference (torch_train.Trainer, nanoGPT's loop, eager) trains the same
     model from the same weights on the same batches, its steps alternating with ours, so a
     burst of load hits both; 'speedup' is its median step time over ours."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
@@ -262,14 +164,14 @@ def run_train(
 
 
 def _torch_trainer(run: run_lib.Run, params: Any, threads: int) -> Any:
-    """torch_ref.Trainer for the run's config, starting from our (host-copied) initial params."""
+    """torch_train.Trainer for the run's config, from our (host-copied) initial params."""
     from minigpt_jax import convert
 
-    torch_ref = require_torch()
+    torch_train = require_torch("torch_train")
     if threads:
-        torch_ref.torch.set_num_threads(threads)
+        torch_train.torch.set_num_threads(threads)
     state_dict = convert.to_state_dict(jax.device_get(params), run.model_cfg)
-    return torch_ref.Trainer(
+    return torch_train.Trainer(
         run.model_cfg, run.config.opt, tokens_per_step=run.tokens_per_step, state_dict=state_dict
     )
 
@@ -282,24 +184,28 @@ def _temp_bytes(compiled: Any) -> int | None:
         return None
 
 
+def _or_dash(value: float | None, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    return "-" if value is None else f"{value * scale:{fmt}}{unit}"
+
+
+TRAIN_COLUMNS = (
+    ("run", "l", lambda r: r.get("name", r["config"])),
+    ("trace + compile s", "r", lambda r: f"{r['trace_s']:.2f} + {r['compile_s']:.2f}"),
+    (
+        "ms/iter median (min-max)",
+        "l",
+        lambda r: spread(*map(r["ms_per_iter"].get, ("median", "min", "max")), ".1f"),
+    ),
+    ("tokens/s", "r", lambda r: f"{r['tokens_per_s']:.0f}"),
+    ("GFLOP/step", "r", lambda r: _or_dash(r["flops_per_step"], ".2f", 1e-9)),
+    ("MFU", "r", lambda r: _or_dash(r["mfu"], ".1f", 100, "%")),
+    ("peak", "l", lambda r: f"{r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']}"),
+    ("temp MiB", "r", lambda r: _or_dash(r.get("temp_bytes"), ".1f", 2**-20)),
+)
+
+
 def train_table(rows: list[dict]) -> str:
-    lines = [
-        "| run | trace + compile s | ms/iter median (min-max) | tokens/s | GFLOP/step | MFU "
-        "| peak | temp MiB |",
-        "|---|---:|---|---:|---:|---:|---|---:|",
-    ]
-    for r in rows:
-        ms = r["ms_per_iter"]
-        gflop = "-" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:.2f}"
-        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        temp = "-" if r.get("temp_bytes") is None else f"{r['temp_bytes'] / 2**20:.1f}"
-        lines.append(
-            f"| {r.get('name', r['config'])} | {r['trace_s']:.2f} + {r['compile_s']:.2f} "
-            f"| {ms['median']:.1f} "
-            f"({ms['min']:.1f}-{ms['max']:.1f}) | {r['tokens_per_s']:.0f} | {gflop} | {mfu} "
-            f"| {r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']} | {temp} |"
-        )
-    return "\n".join(lines)
+    return markdown(TRAIN_COLUMNS, rows)
 
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets (no sparsity), by a substring

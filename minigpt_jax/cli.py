@@ -103,16 +103,16 @@ def _sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _bench_sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import bench, files
+    from minigpt_jax import bench_sample, files
 
     config = _config(FLAGS) if FLAGS["config"].present else None
     out = files.out_path(FLAGS.out)
-    rows = bench.run_sample(
+    rows = bench_sample.run_sample(
         config, lengths=FLAGS.lengths, repeats=FLAGS.repeats, num_samples=FLAGS.num_samples,
         torch_threads=FLAGS.torch_threads,
     )  # fmt: skip
     if out:
-        files.atomic_write_bytes(out, (bench.table(rows) + "\n").encode())
+        files.atomic_write_bytes(out, (bench_sample.table(rows) + "\n").encode())
 
 
 def _bench_train(FLAGS: flags.FlagValues, argv: list[str]) -> None:

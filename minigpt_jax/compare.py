@@ -96,7 +96,9 @@ def run(cfg: Any, out_dir: str | pathlib.Path, *, steps: int, sample_tokens: int
     batches = run.train_batches(splits["train"])
     ours = JaxTrainer(run)
     state_dict = convert.to_state_dict(jax.device_get(ours.params), model_cfg)
-    theirs = ref.Trainer(model_cfg, cfg.opt, tokens_per_step=tokens_per_step, state_dict=state_dict)
+    theirs = require_torch("torch_train").Trainer(
+        model_cfg, cfg.opt, tokens_per_step=tokens_per_step, state_dict=state_dict
+    )
     load_at_start = os.getloadavg()
     losses = {"jax": [], "torch": []}
     seconds = {"jax": [], "torch": []}

@@ -182,18 +182,16 @@ def _recompute(params, tokens_NxL, prompt_len, rng, sample_ids_N, temperature, t
     return jax.lax.scan(step, tokens_NxL, jnp.arange(max_new_tokens))[0]
 
 
+def traced_settings(temperature: float, top_k: int | None, top_p: float) -> tuple:
+    """Sampling settings as device scalars: traced values, so a new value does not recompile."""
+    return np.float32(temperature), np.int32(top_k or 0), np.float32(top_p)
+
+
 def recompute_generate(
-    params: Any,
-    cfg: ModelConfig,
-    prompt: Sequence[int] | np.ndarray,
-    rng: jax.Array,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
+    params: Any, cfg: ModelConfig, prompt: Sequence[int] | np.ndarray, rng: jax.Array, *,
+    max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
     num_samples: int = 1,
-) -> np.ndarray:
+) -> np.ndarray:  # fmt: skip
     """The uncached baseline: one jitted scan, each token a forward over its cropped context.
 
     Same keys as sample.generate, so it samples what window='exact' samples.
@@ -203,16 +201,8 @@ def recompute_generate(
     # The padded tail holds at least one full window; causal masking ignores the padding.
     tokens_NxL = np.zeros((num_samples, max(P + max_new_tokens, cfg.block_size)), np.int32)
     tokens_NxL[:, :P] = prompt
-    out = _recompute(
-        params,
-        jnp.asarray(tokens_NxL),
-        jnp.int32(P),
-        rng,
-        jnp.arange(num_samples, dtype=jnp.int32),
-        jnp.float32(temperature),
-        jnp.int32(top_k or 0),
-        jnp.float32(top_p),
-        cfg=cfg,
-        max_new_tokens=max_new_tokens,
-    )
+    ids_N = np.arange(num_samples, dtype=np.int32)
+    settings = traced_settings(temperature, top_k, top_p)
+    out = _recompute(params, tokens_NxL, np.int32(P), rng, ids_N, *settings, cfg=cfg,
+                     max_new_tokens=max_new_tokens)  # fmt: skip
     return np.asarray(out)[:, : P + max_new_tokens]

@@ -1,5 +1,6 @@
 """The typed errors the CLI maps to exit codes, and the one for a missing optional extra."""
 
+import importlib
 from types import ModuleType
 
 
@@ -14,14 +15,14 @@ class RunStopped(Exception):
     """A run that cannot go on (a non-finite loss, say): one line, exit code 1, nothing lost."""
 
 
-def require_torch() -> ModuleType:
-    """The torch_ref module, or a one-line UsageError saying how to install torch."""
+def require_torch(module: str = "torch_ref") -> ModuleType:
+    """minigpt_jax's torch_ref (or torch_train) module, or a one-line UsageError saying how to
+    install torch."""
     try:
-        from minigpt_jax import torch_ref
+        return importlib.import_module(f"minigpt_jax.{module}")
     except ImportError as e:
         if not (e.name or "").startswith("torch"):
             raise
         raise UsageError(
             "this command needs PyTorch: pip install -e '.[torch]' (torch==2.13.0, CPU wheel)"
         ) from None
-    return torch_ref

@@ -36,8 +36,9 @@ from minigpt_jax.layers import (
 )
 from minigpt_jax.model_config import ACTIVATIONS, REMATS, ModelConfig
 
-# Per layer (k_BxSxHxD, v_BxSxHxD); a tuple of n_layer pairs.
-KVCache = tuple[tuple[jax.Array, jax.Array], ...]
+# One layer's cached (k_BxSxHxD, v_BxSxHxD); the cache is a tuple of n_layer of them.
+LayerKV = tuple[jax.Array, jax.Array]
+KVCache = tuple[LayerKV, ...]
 
 
 def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
@@ -65,16 +66,15 @@ def _proj_std(cfg: ModelConfig) -> float:
 
 
 class CausalSelfAttention(nn.Module):
+    """With kv (and pos_BxT) it writes the new keys and values into the layer's cache."""
+
     cfg: ModelConfig
 
     @nn.compact
     def __call__(
-        self,
-        x_BxTxC: jax.Array,
-        deterministic: bool,
-        pos_BxT: jax.Array | None = None,
-        kv: tuple[jax.Array, jax.Array] | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        self, x_BxTxC: jax.Array, deterministic: bool, pos_BxT: jax.Array | None = None,
+        kv: LayerKV | None = None,
+    ) -> tuple[jax.Array, LayerKV | None]:  # fmt: skip
         cfg = self.cfg
         B, T, C = x_BxTxC.shape
         H, D = cfg.n_head, C // cfg.n_head
@@ -134,8 +134,8 @@ class Block(nn.Module):
         x_BxTxC: jax.Array,
         deterministic: bool,
         pos_BxT: jax.Array | None = None,
-        kv: tuple[jax.Array, jax.Array] | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        kv: LayerKV | None = None,
+    ) -> tuple[jax.Array, LayerKV | None]:
         # The residual stream stays fp32 (as under torch autocast); branches compute in dtype.
         cfg = self.cfg
         attn = CausalSelfAttention(cfg, name="attn")
@@ -206,19 +206,16 @@ class GPT(nn.Module):
 
 
 class Bigram(nn.Module):
-    """The bigram baseline: each token's row of a VxV table is the next token's logits."""
+    """The bigram baseline: each token's row of a VxV table is the next token's logits.
+    It takes GPT's arguments, so the trainer and the sampler need not tell them apart."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(
-        self,
-        idx_BxT: jax.Array,
-        deterministic: bool = True,
-        *,
-        pos_BxT: jax.Array | None = None,
+        self, idx_BxT: jax.Array, deterministic: bool = True, *, pos_BxT: jax.Array | None = None,
         cache: KVCache | None = None,
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
+    ) -> jax.Array | tuple[jax.Array, KVCache]:  # fmt: skip
         del deterministic, pos_BxT  # no dropout, no positions: the table is the whole model
         V = self.cfg.vocab_size
         table_VxV = self.param("wte", normal_init(0.02, ("vocab", "vocab_out")), (V, V))

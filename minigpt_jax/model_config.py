@@ -85,34 +85,16 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r}")
         if self.bias_head and self.tie_embeddings:
             raise ValueError("ModelConfig.bias_head needs an untied head: set tie_embeddings=False")
-        if self.init not in INITS:
-            raise ValueError(f"ModelConfig.init must be one of {list(INITS)}, got {self.init!r}")
-        if self.wpe_init not in WPE_INITS:
-            raise ValueError(
-                f"ModelConfig.wpe_init must be one of {list(WPE_INITS)}, got {self.wpe_init!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"ModelConfig.activation must be one of {sorted(ACTIVATIONS)}, "
-                f"got {self.activation!r}"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(
-                f"ModelConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"
-            )
-        if self.attention not in ATTENTIONS:
-            raise ValueError(
-                f"ModelConfig.attention must be one of {list(ATTENTIONS)}, got {self.attention!r}"
-            )
-        if self.remat not in REMATS:
-            raise ValueError(f"ModelConfig.remat must be one of {list(REMATS)}, got {self.remat!r}")
-        if self.linear_vjp not in LINEAR_VJPS:
-            raise ValueError(
-                f"ModelConfig.linear_vjp must be one of {list(LINEAR_VJPS)}, "
-                f"got {self.linear_vjp!r}"
-            )
-        if self.arch not in ARCHS:
-            raise ValueError(f"ModelConfig.arch must be one of {list(ARCHS)}, got {self.arch!r}")
+        choices = {
+            "init": INITS, "wpe_init": WPE_INITS, "activation": ACTIVATIONS, "dtype": DTYPES,
+            "attention": ATTENTIONS, "remat": REMATS, "linear_vjp": LINEAR_VJPS, "arch": ARCHS,
+        }  # fmt: skip
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"ModelConfig.{name} must be one of {list(allowed)}, got {value!r}"
+                )
         if not self.ln_eps > 0:
             raise ValueError(f"ModelConfig.ln_eps must be positive, got {self.ln_eps}")
 

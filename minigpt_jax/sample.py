@@ -39,6 +39,7 @@ from minigpt_jax.model import ModelConfig
 WINDOWS = ("chunked", "exact")
 STREAM_CHUNK = 32  # tokens per decode call when streaming: small enough to feel live
 MIN_PROMPT_BUCKET = 16
+DEFAULTS = dict(temperature=1.0, top_k=None, top_p=1.0, num_samples=1, window="chunked")
 
 
 def prompt_bucket(length: int, block_size: int) -> int:
@@ -111,13 +112,7 @@ def _run(
         return
     state = _start(params, cfg, prompts, num_samples)
     ids = np.tile(np.arange(first_sample, first_sample + num_samples), len(prompts))
-    args = (
-        rng,
-        ids.astype(np.int32),
-        np.float32(temperature),
-        np.int32(top_k or 0),
-        np.float32(top_p),
-    )
+    args = (rng, ids.astype(np.int32), *decode.traced_settings(temperature, top_k, top_p))
     kw = dict(cfg=cfg, steps=steps, window=window, with_logits=with_logits)
     state, tokens, logits = decode.decode(params, state, *args, **kw)
     for done in range(0, max_new_tokens, steps):
@@ -131,29 +126,19 @@ def _run(
 
 
 def stream(
-    params: Any,
-    cfg: ModelConfig,
-    prompt: Any,
-    rng: jax.Array,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    num_samples: int = 1,
-    window: str = "chunked",
-    chunk: int = STREAM_CHUNK,
-    first_sample: int = 0,
-) -> Iterator[np.ndarray]:
-    """Yields the new tokens (N, <= chunk) as they are made; rows are prompt-major.
+    params: Any, cfg: ModelConfig, prompt: Any, rng: jax.Array, *, max_new_tokens: int,
+    chunk: int = STREAM_CHUNK, first_sample: int = 0, **settings: Any,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """Yields the new tokens (N, <= chunk) as they are made; rows are prompt-major. settings:
+    generate's (temperature, top_k, top_p, num_samples, window), with its defaults.
 
     first_sample numbers the samples from there, so samples drawn one at a time equal a batch.
     """
     prompts, _ = _as_prompts(prompt)
+    settings = DEFAULTS | settings
     for tokens_NxK, _ in _run(
-        params, cfg, prompts, rng, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, num_samples=num_samples, window=window, steps=chunk,
-        first_sample=first_sample, with_logits=False,
+        params, cfg, prompts, rng, max_new_tokens=max_new_tokens, steps=chunk,
+        first_sample=first_sample, with_logits=False, **settings,
     ):  # fmt: skip
         yield tokens_NxK
 

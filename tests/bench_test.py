@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from minigpt_jax import bench, cli
+from minigpt_jax import bench, bench_sample, cli
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_bench_sample_times_pytorch_generate_on_the_same_weights(capsys):
     args = ["minigpt", "bench", "sample", "--config", smoke, "--lengths", "40", "--repeats", "1"]
     assert cli.main([*args, "--torch_threads", "1"]) == 0, capsys.readouterr().err
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40 |")]
-    assert [r.split(" | ")[1] for r in rows] == [*bench.METHODS, bench.TORCH_METHOD]
+    assert [r.split(" | ")[1] for r in rows] == [*bench_sample.METHODS, bench_sample.TORCH_METHOD]
     assert all(r.rstrip(" |").endswith("x") for r in rows)  # every row has its x PyTorch
 
 

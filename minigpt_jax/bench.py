@@ -8,6 +8,7 @@ methods take turns, and ratios are only taken within one run.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minigpt_jax import data
+from minigpt_jax import data, files
 from minigpt_jax import run as run_lib
 from minigpt_jax.errors import require_torch
 from minigpt_jax.model import count_params
@@ -64,7 +65,7 @@ def _step_flops(compiled: Any) -> float | None:
 
 def run_train(
     config: Any, *, steps: int = 20, warmup: int = 3, vs_torch: bool = False,
-    torch_threads: int = 0, out: TextIO | None = None,
+    torch_threads: int = 0, out: TextIO | None = None, json_out: str | None = None,
 ) -> dict:  # fmt: skip
     """Compiles and times the config's train step (random tokens: speed does not depend on the
     data) the way `minigpt train` runs it: on the config's mesh, state donated, one host batch
@@ -74,6 +75,7 @@ def run_train(
     model from the same weights on the same batches, its steps alternating with ours, so a
     burst of load hits both; 'speedup' is its median step time over ours."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
+    json_path = files.out_path(json_out)  # checked before any work
     if vs_torch:
         require_torch()  # before compiling anything: the line that says how to get it
     run = run_lib.build(config, config.model.vocab_size or VOCAB)
@@ -160,6 +162,8 @@ def run_train(
             f"-{tt['ms_per_iter']['max']:.1f}); ours is {row['speedup_vs_torch']:.2f}x its speed",
             file=out,
         )
+    if json_path:
+        files.atomic_write_bytes(json_path, json.dumps(row, indent=2).encode())
     return row
 
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from minigpt_jax import decode, sample
+from minigpt_jax import decode, files, sample
 from minigpt_jax.bench import VOCAB, markdown, spread, timed
 from minigpt_jax.config import model_config
 from minigpt_jax.errors import UsageError, require_torch
@@ -34,10 +34,12 @@ def run_sample(
     num_samples: int = 1,
     torch_threads: int = 0,
     out: TextIO | None = None,
+    table_out: str | None = None,
 ) -> list[dict]:
     """Times each method at each length (random init, a one-token prompt) and prints a table.
     The model is the config's (vocab 65 unless it says), or nanoGPT's 6/6/384 without one."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
+    table_path = files.out_path(table_out)  # checked before any work
     try:
         lengths = [int(n) for n in lengths]
     except ValueError:
@@ -86,6 +88,8 @@ def run_sample(
             else "torch is not installed (pip install -e '.[torch]')"
         )
         print(f"PyTorch comparison skipped: {why}.", file=out)
+    if table_path:
+        files.atomic_write_bytes(table_path, (table(rows) + "\n").encode())
     return rows
 
 

@@ -6,14 +6,13 @@ errors (errors.py) and main() maps them to exit codes: 2 bad input, 1 a stopped 
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
 from absl import flags
 
 from minigpt_jax import cli_flags, startup
-from minigpt_jax.errors import RunStopped, UsageError
+from minigpt_jax.errors import RunStopped, UsageError, one_line
 
 USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists the command's flags)
 
@@ -45,7 +44,7 @@ def _config(FLAGS: flags.FlagValues):
         config.keys()  # a config file that failed to load raises here
     except OSError as e:
         missing = [line.strip() for line in str(e).splitlines() if "No such file" in line]
-        reason = missing[0] if missing else _one_line(e)
+        reason = missing[0] if missing else one_line(e)
         raise UsageError(f"cannot load --config: {reason}; {example}") from None
     return config
 
@@ -103,28 +102,22 @@ def _sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _bench_sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import bench_sample, files
+    from minigpt_jax import bench_sample
 
     config = _config(FLAGS) if FLAGS["config"].present else None
-    out = files.out_path(FLAGS.out)
-    rows = bench_sample.run_sample(
+    bench_sample.run_sample(
         config, lengths=FLAGS.lengths, repeats=FLAGS.repeats, num_samples=FLAGS.num_samples,
-        torch_threads=FLAGS.torch_threads,
+        torch_threads=FLAGS.torch_threads, table_out=FLAGS.out,
     )  # fmt: skip
-    if out:
-        files.atomic_write_bytes(out, (bench_sample.table(rows) + "\n").encode())
 
 
 def _bench_train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import bench, files
+    from minigpt_jax import bench
 
-    config = _config(FLAGS)
-    out = files.out_path(FLAGS.out)
-    row = bench.run_train(
-        config, steps=FLAGS.steps, vs_torch=FLAGS.vs == "torch", torch_threads=FLAGS.torch_threads
-    )
-    if out:
-        files.atomic_write_bytes(out, json.dumps(row, indent=2).encode())
+    bench.run_train(
+        _config(FLAGS), steps=FLAGS.steps, vs_torch=FLAGS.vs == "torch",
+        torch_threads=FLAGS.torch_threads, json_out=FLAGS.out,
+    )  # fmt: skip
 
 
 def _report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
@@ -135,32 +128,14 @@ def _report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _convert(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import errors, nanogpt
+    from minigpt_jax import nanogpt
 
-    errors.require_torch()  # before anything else: the one line that says how to get it
-    source, target = FLAGS["from"].value, FLAGS["to"].value
-    if (source is None) == (target is None):
-        raise UsageError("pass --from nanogpt|mingpt CKPT.pt to import, or --to nanogpt")
-    workdir = _need(FLAGS, "workdir", "the run to write (import) or read (export)")
-    if target:
-        if argv or not FLAGS.out:
-            raise UsageError("export takes no CKPT argument; pass --out ckpt.pt")
-        step = nanogpt.export_nanogpt(workdir, FLAGS.out, FLAGS.step)
-        print(f"wrote {FLAGS.out}: step {step} of {workdir}, nanoGPT's checkpoint format")
-        return
-    if len(argv) != 1 or not FLAGS.meta:
-        raise UsageError(f"usage: minigpt convert --from {source} CKPT.pt --meta META "
-                                "--workdir DIR")  # fmt: skip
-    overrides = {"n_head": FLAGS.n_head, "activation": FLAGS.activation,
-                 "block_size": FLAGS.block_size}  # fmt: skip
-    cfg, step = nanogpt.import_checkpoint(
-        argv[0], FLAGS.meta, workdir, source=source, overrides=overrides,
+    overrides = {k: FLAGS[k].value for k in ("n_head", "activation", "block_size")}
+    print(nanogpt.convert(
+        source=FLAGS["from"].value, target=FLAGS["to"].value, ckpt=argv, workdir=FLAGS.workdir,
+        meta=FLAGS.meta, out=FLAGS.out, step=FLAGS.step, overrides=overrides,
         data_dir=FLAGS.data_dir, overwrite=FLAGS.overwrite,
-    )  # fmt: skip
-    print(
-        f"imported {argv[0]} (step {step}, {cfg.n_layer} layers, {cfg.n_embd} wide, vocab "
-        f"{cfg.vocab_size}) into {workdir}; try: minigpt sample --workdir {workdir}"
-    )
+    ))  # fmt: skip
 
 
 def _compare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
@@ -223,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"unexpected argument {extra[positional]!r}; flags take the form --name value"
             )
     except flags.Error as e:
-        print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except (AttributeError, KeyError) as e:  # a --config.x.y override naming no field
         inner = e.args[0] if e.args else e
         inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else inner
-        print(f"minigpt {command}: error: no such config field {_one_line(inner)}", file=sys.stderr)
+        print(f"minigpt {command}: error: no such config field {one_line(inner)}", file=sys.stderr)
         return 2
     try:
         if "cpu_devices" in FLAGS and FLAGS.cpu_devices is not None:
@@ -237,25 +212,15 @@ def main(argv: list[str] | None = None) -> int:
             startup.compilation_cache()
         run(FLAGS, argv[1:] if command == "train" else extra)
     except UsageError as e:
-        print(f"minigpt {command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except RunStopped as e:
-        print(f"minigpt {command}: stopped: {_one_line(e)}", file=sys.stderr)
+        print(f"minigpt {command}: stopped: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"minigpt {command}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    """The message on one line; of an embedded traceback, only its final line."""
-    text = str(e)
-    if "Traceback (most recent call last)" in text:
-        head = text.split(":", 1)[0] if text.startswith("flag ") else ""
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = f"{head}: {last.strip()}" if head else last
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

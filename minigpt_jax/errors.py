@@ -26,3 +26,13 @@ def require_torch(module: str = "torch_ref") -> ModuleType:
         raise UsageError(
             "this command needs PyTorch: pip install -e '.[torch]' (torch==2.13.0, CPU wheel)"
         ) from None
+
+
+def one_line(e: BaseException) -> str:
+    """The message on one line; of an embedded traceback, only its final line."""
+    text = str(e)
+    if "Traceback (most recent call last)" in text:
+        head = text.split(":", 1)[0] if text.startswith("flag ") else ""
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = f"{head}: {last.strip()}" if head else last
+    return " ".join(text.split())

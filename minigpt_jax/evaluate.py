@@ -124,6 +124,11 @@ def evaluate_checkpoint(
     """`minigpt eval`: a run's checkpoint (best | latest | N) on its data; (step, results)."""
     saved, meta, model_cfg = workdir_lib.read_run(workdir)
     cfg = config_lib.from_saved(saved)
+    ckpt = checkpoint.Checkpointer(workdir, create=False)
+    try:
+        step = checkpoint.resolve_step(ckpt, step_spec)  # a bad --step before reading any data
+    finally:
+        ckpt.close()
     data_dir = data_dir or cfg.data.dir  # relative paths resolve from the current directory
     if data.load_meta(data_dir)["itos"] != meta["itos"]:
         raise UsageError(f"{data_dir} holds other data than the run's vocabulary; pass its data")
@@ -131,7 +136,7 @@ def evaluate_checkpoint(
     # Data parallel over as many devices as divide the batch.
     devices = jax.devices()[: math.gcd(cfg.train.batch_size, jax.device_count())]
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    step, params = checkpoint.load_params(workdir, model_cfg, step_spec, mesh)
+    _, params = checkpoint.load_params(workdir, model_cfg, str(step), mesh)
     batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         results = evaluate(

@@ -229,3 +229,34 @@ def export_nanogpt(workdir: str, out: str, step_spec: str = "latest") -> int:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return step
+
+
+def convert(
+    *, source: str | None, target: str | None, ckpt: list[str], workdir: str | None,
+    meta: str | None, out: str | None, step: str, overrides: dict, data_dir: str | None,
+    overwrite: bool,
+) -> str:  # fmt: skip
+    """`minigpt convert`: import (--from, one CKPT argument, --meta) or export (--to, --out);
+    returns the line to print."""
+    errors.require_torch()  # before anything else: the one line that says how to get it
+    if (source is None) == (target is None):
+        raise UsageError("pass --from nanogpt|mingpt CKPT.pt to import, or --to nanogpt")
+    if not workdir:
+        raise UsageError("--workdir is required, the run to write (import) or read (export)")
+    if target:
+        if ckpt or not out:
+            raise UsageError("export takes no CKPT argument; pass --out ckpt.pt")
+        saved = export_nanogpt(workdir, out, step)
+        return f"wrote {out}: step {saved} of {workdir}, nanoGPT's checkpoint format"
+    if len(ckpt) != 1 or not meta:
+        raise UsageError(
+            f"usage: minigpt convert --from {source} CKPT.pt --meta META --workdir DIR"
+        )
+    cfg, saved = import_checkpoint(
+        ckpt[0], meta, workdir, source=source, overrides=overrides, data_dir=data_dir,
+        overwrite=overwrite,
+    )  # fmt: skip
+    return (
+        f"imported {ckpt[0]} (step {saved}, {cfg.n_layer} layers, {cfg.n_embd} wide, vocab "
+        f"{cfg.vocab_size}) into {workdir}; try: minigpt sample --workdir {workdir}"
+    )

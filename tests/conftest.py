@@ -6,11 +6,10 @@ import tempfile
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import pytest
 from corpus import make_text
 
-from minigpt_jax import config
+from minigpt_jax import config, model
 from minigpt_jax.model import ModelConfig, make_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,9 +42,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def init_params(cfg: ModelConfig, seed: int = 0):
-    model = make_model(cfg)
-    x_1xT = jnp.zeros((1, cfg.block_size), jnp.int32)
-    return model, nn.unbox(model.init(jax.random.key(seed), x_1xT))["params"]
+    """(model, unboxed params) of cfg, drawn from key(seed)."""
+    return make_model(cfg), nn.unbox(model.init_params(cfg, jax.random.key(seed)))
 
 
 @pytest.fixture(scope="session")

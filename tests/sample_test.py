@@ -122,7 +122,7 @@ def test_new_prompt_lengths_and_lengths_do_not_recompile():
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         run(3, 10)  # compiles the 16-token prompt bucket and the 16-step scan
-        assert {name for _, name in events} >= {"_prefill", "_decode"}
+        assert {name for _, name in events} >= {"prefill", "decode"}
         events.clear()
         for prompt_len, n_new in [(1, 16), (7, 5), (16, 1), (12, 9)]:
             run(prompt_len, n_new)
@@ -130,7 +130,7 @@ def test_new_prompt_lengths_and_lengths_do_not_recompile():
         run(9, 3, temperature=0.0)
         assert events == []
         run(40, 10)  # a new prompt bucket: the prefill compiles, the scan does not
-        assert {name for _, name in events} == {"_prefill", "jit(_prefill)"}
+        assert {name for _, name in events} == {"prefill", "jit(prefill)"}
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from minigpt_jax import bench, bench_sample, cli
+from minigpt_jax import bench, cli
 
 
 @pytest.mark.parametrize(
@@ -20,9 +20,6 @@ from minigpt_jax import bench, bench_sample, cli
         (["bench", "train", "--config", "nope.py"], "No such file"),
         (["bench", "train", "--cpu_devices", "0"], "cpu_devices"),
         (["bench", "train", "--cpu_devices", "3"], "fresh `minigpt` process"),
-        (["bench", "sample", "--lengths", "500,lots"], "--lengths"),
-        (["bench", "sample", "--repeats", "0"], "--repeats"),
-        (["bench", "sample", "--config", "nope.py"], "No such file"),
     ],
 )
 def test_bad_bench_flags_give_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
@@ -60,15 +57,6 @@ def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
     torch_ms = row["torch"]["ms_per_iter"]["median"]
     assert row["speedup_vs_torch"] == pytest.approx(torch_ms / ms["median"])
     assert "ours is" in capsys.readouterr().out
-
-
-def test_bench_sample_times_pytorch_generate_on_the_same_weights(capsys):
-    smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
-    args = ["minigpt", "bench", "sample", "--config", smoke, "--lengths", "40", "--repeats", "1"]
-    assert cli.main([*args, "--torch_threads", "1"]) == 0, capsys.readouterr().err
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40 |")]
-    assert [r.split(" | ")[1] for r in rows] == [*bench_sample.METHODS, bench_sample.TORCH_METHOD]
-    assert all(r.rstrip(" |").endswith("x") for r in rows)  # every row has its x PyTorch
 
 
 def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):

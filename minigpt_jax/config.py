@@ -145,11 +145,12 @@ def sibling(here: str, name: str, arg: str = "") -> config_dict.ConfigDict:
 def from_saved(saved: dict) -> config_dict.ConfigDict:
     """A run's config.json as a config; fields added since it was written get their defaults."""
     c = base_config()
-    for section, fields in saved.items():
-        if section in c and isinstance(fields, dict):
-            known = {k: v for k, v in fields.items() if k in c[section]}
-            c[section].update({k: v for k, v in known.items() if v is not None})
-            c[section].update({k: None for k, v in known.items() if v is None})
+    try:
+        for section, fields in saved.items():
+            if section in c and isinstance(fields, dict):
+                c[section].update({k: v for k, v in fields.items() if k in c[section]})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"a run's config.json has a field of the wrong type: {e}") from None
     return c
 
 

@@ -81,10 +81,10 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _eval(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import evaluate, metrics
+    from minigpt_jax import eval_run, metrics
 
     workdir = _need(FLAGS, "workdir", "the directory of a `minigpt train` run")
-    step, r = evaluate.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.data_dir)
+    step, r = eval_run.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.data_dir)
     print(f"step {step}: {metrics.describe_eval(r)}")
 
 

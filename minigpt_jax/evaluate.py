@@ -1,11 +1,9 @@
-"""Evaluation: nanoGPT's estimate_loss, a full pass over the val split, samples at evals, and
-`minigpt eval`."""
+"""Evaluation: nanoGPT's estimate_loss, a full pass over the val split, per-token losses, and
+the samples drawn at evals. `minigpt eval` over a run's checkpoint is eval_run.py's."""
 
 from __future__ import annotations
 
-import functools
 import math
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,11 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from minigpt_jax import checkpoint, data, sample, sharding
 from minigpt_jax import config as config_lib
-from minigpt_jax import workdir as workdir_lib
-from minigpt_jax.errors import UsageError
-from minigpt_jax.model import ModelConfig, make_model
+from minigpt_jax import data, sample, sharding
+from minigpt_jax.model import ModelConfig
 
 EVAL_TRAIN_STREAM, EVAL_VAL_STREAM = 1, 2  # batch streams of the config seed (train uses 0)
 SAMPLE_STREAM = 2  # a key stream of the config seed (init and dropout use 0 and 1)
@@ -116,41 +112,6 @@ def evaluate(
         "val_loss_full": means["full"],
         "val_bpc": means["full"] / math.log(2),
     }
-
-
-def evaluate_checkpoint(
-    workdir: str | pathlib.Path, step_spec: str = "latest", data_dir: str | None = None
-) -> tuple[int, dict[str, float]]:
-    """`minigpt eval`: a run's checkpoint (best | latest | N) on its data; (step, results)."""
-    saved, meta, model_cfg = workdir_lib.read_run(workdir)
-    cfg = config_lib.from_saved(saved)
-    ckpt = checkpoint.Checkpointer(workdir, create=False)
-    try:
-        step = checkpoint.resolve_step(ckpt, step_spec)  # a bad --step before reading any data
-    finally:
-        ckpt.close()
-    data_dir = data_dir or cfg.data.dir  # relative paths resolve from the current directory
-    if data.load_meta(data_dir)["itos"] != meta["itos"]:
-        raise UsageError(f"{data_dir} holds other data than the run's vocabulary; pass its data")
-    splits = {s: data.load_split(data_dir, s) for s in data.SPLITS}
-    # Data parallel over as many devices as divide the batch.
-    devices = jax.devices()[: math.gcd(cfg.train.batch_size, jax.device_count())]
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    _, params = checkpoint.load_params(workdir, model_cfg, str(step), mesh)
-    batch_sharding = sharding.batch_sharding(mesh, leading_dims=1)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        results = evaluate(
-            jax.jit(make_eval_step(make_model(model_cfg))),
-            params,
-            splits,
-            seed=cfg.train.seed,
-            step=step,
-            batch_size=cfg.train.batch_size,
-            block_size=model_cfg.block_size,
-            eval_iters=cfg.train.eval_iters,
-            put=functools.partial(sharding.put_batch, sharding=batch_sharding),
-        )
-    return step, results
 
 
 def eval_sampler(cfg: Any, model_cfg: ModelConfig, meta: dict) -> Callable | None:

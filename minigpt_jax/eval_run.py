@@ -1,0 +1,44 @@
+"""`minigpt eval`: a run's checkpoint (best | latest | N) evaluated on its data, data parallel
+over as many devices as divide the batch."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import jax
+
+from minigpt_jax import checkpoint, data, sharding
+from minigpt_jax import config as config_lib
+from minigpt_jax import run as run_lib
+from minigpt_jax import workdir as workdir_lib
+from minigpt_jax.errors import UsageError
+from minigpt_jax.evaluate import evaluate
+
+
+def evaluate_checkpoint(
+    workdir: str | pathlib.Path, step_spec: str = "latest", data_dir: str | None = None
+) -> tuple[int, dict[str, float]]:
+    """(step, results): estimate_loss and the full val pass of the checkpoint `step_spec` names."""
+    saved, meta, model_cfg = workdir_lib.read_run(workdir)
+    cfg = config_lib.from_saved(saved)
+    ckpt = checkpoint.Checkpointer(workdir, create=False)
+    try:
+        step = checkpoint.resolve_step(ckpt, step_spec)  # a bad --step before reading any data
+    finally:
+        ckpt.close()
+    data_dir = data_dir or cfg.data.dir  # relative paths resolve from the current directory
+    if data.load_meta(data_dir)["itos"] != meta["itos"]:
+        raise UsageError(f"{data_dir} holds other data than the run's vocabulary; pass its data")
+    splits = {s: data.load_split(data_dir, s) for s in data.SPLITS}
+    devices = jax.devices()[: math.gcd(cfg.train.batch_size, jax.device_count())]
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+    run = run_lib.build(cfg, model_cfg.vocab_size, mesh=mesh)
+    _, params = checkpoint.load_params(workdir, run.model_cfg, str(step), mesh)
+    with run.activate():
+        results = evaluate(
+            run.eval_step, params, splits, seed=cfg.train.seed, step=step,
+            batch_size=cfg.train.batch_size, block_size=model_cfg.block_size,
+            eval_iters=cfg.train.eval_iters, put=run.put,
+        )  # fmt: skip
+    return step, results

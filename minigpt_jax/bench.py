@@ -142,8 +142,7 @@ def run_train(
         "temp_bytes": _temp_bytes(compiled),
     }
     if torch_times:
-        import torch
-
+        torch = require_torch("torch_train").torch
         torch_median = statistics.median(torch_times)
         row["torch"] = {
             "ms_per_iter": {"median": 1e3 * torch_median, "min": 1e3 * min(torch_times),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +19,29 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from minigpt_jax import sharding
+from minigpt_jax import integrity, sharding
 from minigpt_jax.errors import UsageError
 from minigpt_jax.model import ModelConfig, abstract_params
 
 CKPT_DIR = "checkpoints"
 UNREADABLE = ".unreadable"
+
+
+def _quiet_leftovers() -> None:
+    """After a failed restore, orbax's reads still in flight fail later on a closed event loop
+    (tensorstore callbacks and coroutines garbage-collected unawaited): hundreds of lines of
+    tracebacks after the one line that says what happened. Drop those, and only those."""
+
+    def leftover(exc: BaseException | None, obj: Any = None) -> bool:
+        text = f"{exc!r} {obj!r}"
+        return "Event loop is closed" in text or "_read_array_index_and_device_put" in text
+
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+    if getattr(unraisable, "quiet", False):
+        return
+    sys.unraisablehook = lambda u: None if leftover(u.exc_value, u.object) else unraisable(u)
+    sys.unraisablehook.quiet = True
+    sys.excepthook = lambda t, v, tb: None if leftover(v) else excepthook(t, v, tb)
 
 
 class Checkpointer:
@@ -38,7 +56,9 @@ class Checkpointer:
         create: bool = True,
     ):
         self.directory = pathlib.Path(workdir).absolute() / CKPT_DIR
-        # Latest k and best n by val loss. (best_fn with max_to_keep can delete the newest step.)
+        # Latest k and best n by val loss. (best_fn with max_to_keep can delete the newest step;
+        # best_fn alone only makes orbax write each step's metrics, so that a resumed run's
+        # manager still knows which kept step is the best.)
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(keep_latest),
@@ -54,13 +74,19 @@ class Checkpointer:
             self.directory,
             item_names=("params", "opt_state", "meta"),
             options=ocp.CheckpointManagerOptions(
-                create=create, enable_async_checkpointing=True, preservation_policy=policy
-            ),
+                create=create,
+                enable_async_checkpointing=True,
+                preservation_policy=policy,
+                best_fn=lambda m: m["val_loss"],
+                best_mode="min",
+            ),  # fmt: skip
         )
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Starts an async save; meta['val_loss'], when present, ranks the step for best-n."""
+        """Starts an async save of the state and its meta, sealed with the fingerprints of both
+        (integrity.py); meta['val_loss'], when present, ranks the step for best-n."""
         val = meta.get("val_loss")
+        meta = integrity.seal(meta, params=state.params, opt_state=state.opt_state)
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -81,13 +107,15 @@ class Checkpointer:
         return self.directory / str(step)
 
     def read_meta(self, step: int) -> dict:
+        """The step's meta, checked against its own fingerprint (DamagedStep if it differs)."""
         out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        integrity.check(out.meta)
         return out.meta
 
-    def best_step(self) -> int | None:
-        """The step with the lowest val loss among the kept ones."""
+    def best_step(self, skip: frozenset[int] = frozenset()) -> int | None:
+        """The step with the lowest val loss among the kept ones (but those in skip)."""
         scored = []
-        for step in self.steps():
+        for step in (s for s in self.steps() if s not in skip):
             try:
                 val = self.read_meta(step).get("val_loss")
             except Exception:  # an unreadable step cannot be the best one
@@ -106,32 +134,47 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore(),
             ),
         )
+        integrity.check(out.meta, params=out.params, opt_state=out.opt_state)
         return out.params, out.opt_state, out.meta
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """The step's params alone, checked against their fingerprint."""
         out = self.manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()
+            ),
         )
+        integrity.check(out.meta, params=out.params)
         return out.params
+
+    def set_aside(self, step: int, error: Exception, log: Callable[[str], None]) -> None:
+        """A damaged or unreadable step is reported and renamed (never deleted), so that the
+        older steps serve and a later save of the same step number can proceed."""
+        _quiet_leftovers()
+        src = self.step_dir(step)
+        dst = src.with_name(f"{step}{UNREADABLE}-{int(time.time())}")
+        reason = " ".join(str(error).split())[:200]
+        log(f"checkpoint {src} is unreadable or damaged ({reason}); moved to {dst.name}")
+        if jax.process_index() == 0:
+            os.replace(src, dst)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"moved {src}")
+        self.manager.reload()
 
     def restore_newest_readable(
         self, abstract_state: Any, log: Callable[[str], None]
     ) -> tuple[int, Any, Any, dict] | None:
-        """The newest step that restores. An unreadable step is reported and moved aside
-        (renamed, never deleted) so that a later save of the same step number can proceed."""
+        """The newest step that restores and matches its fingerprints; the others are set aside."""
         for step in reversed(self.steps()):
             try:
-                return (step, *self.restore(step, abstract_state))
+                restored = (step, *self.restore(step, abstract_state))
             except Exception as e:  # orbax / tensorstore raise many types for a damaged step
-                src = self.step_dir(step)
-                dst = src.with_name(f"{step}{UNREADABLE}-{int(time.time())}")
-                reason = " ".join(str(e).split())[:200]
-                log(f"checkpoint {src} is unreadable ({reason}); moved to {dst.name}, trying older")
-                if jax.process_index() == 0:
-                    os.replace(src, dst)
-                if jax.process_count() > 1:
-                    multihost_utils.sync_global_devices(f"moved {src}")
-                self.manager.reload()
+                self.set_aside(step, e, log)
+                continue
+            if integrity.KEY not in restored[3]:
+                log(f"checkpoint {self.step_dir(step)} predates fingerprints: restored unverified")
+            return restored
         return None
 
     def wait(self) -> None:
@@ -141,15 +184,16 @@ class Checkpointer:
         self.manager.close()
 
 
-def resolve_step(ckpt: Checkpointer, spec: str) -> int:
-    """The saved step that `--step best|latest|N` names, or a UsageError listing the saved ones."""
-    steps = ckpt.steps()
+def resolve_step(ckpt: Checkpointer, spec: str, skip: frozenset[int] = frozenset()) -> int:
+    """The saved step that `--step best|latest|N` names (steps in `skip` are passed over), or a
+    UsageError listing the saved ones."""
+    steps = [s for s in ckpt.steps() if s not in skip]
     if not steps:
-        raise UsageError(f"{ckpt.directory.parent} holds no checkpoint yet; train it first")
+        raise UsageError(f"{ckpt.directory.parent} holds no readable checkpoint; train it first")
     if spec == "latest":
         return steps[-1]
     if spec == "best":
-        step = ckpt.best_step()
+        step = ckpt.best_step(skip)
         if step is None:
             raise UsageError(
                 f"{ckpt.directory.parent} has no evaluated checkpoint; use --step latest"
@@ -161,14 +205,36 @@ def resolve_step(ckpt: Checkpointer, spec: str) -> int:
 
 
 def load_params(
-    workdir: str | pathlib.Path, cfg: ModelConfig, spec: str = "latest", mesh: Any = None
-) -> tuple[int, Any]:
-    """(step, params) of a run's checkpoint, laid out over `mesh` (default: the first device)."""
+    workdir: str | pathlib.Path, cfg: ModelConfig, spec: str = "latest", mesh: Any = None, *,
+    set_aside: bool = True, log: Callable[[str], None] = print,
+) -> tuple[int, Any]:  # fmt: skip
+    """(step, params) of a run's checkpoint, laid out over `mesh` (default: the first device).
+
+    A step that is damaged is reported and, with set_aside (no live run holds the workdir),
+    moved aside; then the next one `spec` names serves (latest: the one before; best: the next
+    best; a number: none). A step that a live run deletes meanwhile is simply passed over.
+    """
     mesh = mesh or sharding.one_device_mesh()
+    target = sharding.sharded_abstract(abstract_params(cfg), mesh)
     ckpt = Checkpointer(workdir, create=False)
+    skip: set[int] = set()
     try:
-        step = resolve_step(ckpt, spec)
-        target = sharding.sharded_abstract(abstract_params(cfg), mesh)
-        return step, ckpt.restore_params(step, target)
+        while True:
+            step = resolve_step(ckpt, spec, frozenset(skip))
+            try:
+                return step, ckpt.restore_params(step, target)
+            except Exception as e:  # orbax / tensorstore raise many types for a damaged step
+                _quiet_leftovers()
+                gone = not ckpt.step_dir(step).exists()  # deleted by the run writing here
+                if not gone and set_aside:
+                    ckpt.set_aside(step, e, log)
+                elif not gone:
+                    log(f"checkpoint {ckpt.step_dir(step)} is unreadable or damaged ({e}); "
+                        "skipped (a live run holds the workdir: not moved)")  # fmt: skip
+                skip.add(step)
+                ckpt.manager.reload()
+                if spec.isdigit() and not gone:
+                    raise UsageError(f"checkpoint {step} of {workdir} is damaged; pass another "
+                                     "--step") from None  # fmt: skip
     finally:
         ckpt.close()

@@ -92,6 +92,9 @@ def base_config() -> config_dict.ConfigDict:
     c.train.log_interval = 10
     c.train.init_from = "resume"  # 'resume' the workdir's newest checkpoint | 'scratch'
     c.train.skip_nonfinite = False  # False: stop at a non-finite loss; True: skip that update
+    # With skip_nonfinite: a run that skipped more than this fraction of its updates ends with
+    # exit 1 (its checkpoints kept): it trained on what was left, which is not the recipe.
+    c.train.skip_nonfinite_limit = 0.01
 
     c.sample = config_dict.ConfigDict()  # written to <workdir>/samples/ at every eval
     c.sample.prompt = "\n"  # nanoGPT's sample.py starts from a newline
@@ -183,6 +186,10 @@ def validate(c: Any) -> None:
             raise UsageError(f"train.{name} must be positive, got {t[name]}")
     if t.grad_accum <= 0 or t.ckpt_interval <= 0:
         raise UsageError("train.grad_accum and train.ckpt_interval must be positive")
+    if not 0.0 <= t.skip_nonfinite_limit <= 1.0:
+        raise UsageError(
+            f"train.skip_nonfinite_limit must be in [0, 1], got {t.skip_nonfinite_limit}"
+        )
     _choice(c, "train.init_from", INIT_FROM)
     _choice(c, "data.sampling", SAMPLINGS)
     _choice(c, "opt.schedule", optimizer.SCHEDULES)

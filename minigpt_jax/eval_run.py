@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import sys
 
 import jax
 
@@ -24,7 +25,7 @@ def evaluate_checkpoint(
     cfg = config_lib.from_saved(saved)
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     try:
-        step = checkpoint.resolve_step(ckpt, step_spec)  # a bad --step before reading any data
+        checkpoint.resolve_step(ckpt, step_spec)  # a bad --step is refused before reading data
     finally:
         ckpt.close()
     data_dir = data_dir or cfg.data.dir  # relative paths resolve from the current directory
@@ -34,7 +35,11 @@ def evaluate_checkpoint(
     devices = jax.devices()[: math.gcd(cfg.train.batch_size, jax.device_count())]
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     run = run_lib.build(cfg, model_cfg.vocab_size, mesh=mesh)
-    _, params = checkpoint.load_params(workdir, run.model_cfg, str(step), mesh)
+    # The step again: a damaged one is set aside and the spec names another.
+    step, params = checkpoint.load_params(
+        workdir, run.model_cfg, step_spec, mesh, set_aside=not workdir_lib.in_use(workdir),
+        log=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
     with run.activate():
         results = evaluate(
             run.eval_step, params, splits, seed=cfg.train.seed, step=step,

@@ -46,7 +46,10 @@ def sample_run(
     _, meta, cfg = workdir_lib.read_run(workdir)
     tokenizer = data.CharTokenizer.from_json(meta)
     ids = tokenizer.encode(prompt)  # names any character outside the vocabulary
-    _, params = checkpoint.load_params(workdir, cfg, "latest")
+    _, params = checkpoint.load_params(
+        workdir, cfg, "latest", set_aside=not workdir_lib.in_use(workdir),
+        log=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
     sinks = [stdout or sys.stdout]  # looked up now: tests and callers swap sys.stdout
     with contextlib.ExitStack() as stack:
         if out is not None:

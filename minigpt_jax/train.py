@@ -135,6 +135,12 @@ def train_and_evaluate(
         metrics.write_summary(
             workdir, params=params, tokens_per_step=run.tokens_per_step, wall_s=wall_s
         )
+    if t.skip_nonfinite and results["skipped"] > t.skip_nonfinite_limit * results["step"]:
+        raise RunStopped(
+            f"{results['skipped']} of {results['step']} updates were skipped as non-finite, over "
+            f"train.skip_nonfinite_limit={t.skip_nonfinite_limit}: the run trained on what was "
+            "left; lower opt.lr (checkpoints and metrics are kept)"
+        )
     return results
 
 
@@ -213,9 +219,9 @@ def _loop(
                 ckpt.wait()
                 name = signal.Signals(stop.signum).name if stop.signum else "preemption"
                 writer.log(f"stopped by {name} at step {step}; checkpoint saved")
-                return {**results, "step": step, "stopped_by": name}
+                return {**results, "step": step, "stopped_by": name, "skipped": skipped}
         if pending is not None:
             flush(pending)
     finally:
         stop.close()
-    return {**results, "step": t.max_iters, "stopped_by": None}
+    return {**results, "step": t.max_iters, "stopped_by": None, "skipped": skipped}

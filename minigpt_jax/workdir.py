@@ -135,6 +135,13 @@ class WorkdirLock:
             self.path.unlink(missing_ok=True)
 
 
+def in_use(workdir: str | pathlib.Path) -> bool:
+    """Whether a live process on this host holds the workdir's lock (a run is writing there)."""
+    lock = WorkdirLock(workdir, lambda _: None)
+    holder = lock._holder() if lock.path.exists() else {}
+    return holder.get("host") == lock.owner["host"] and _alive(holder.get("pid"))
+
+
 def _alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False

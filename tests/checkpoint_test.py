@@ -182,17 +182,20 @@ def test_non_finite_loss_stops_without_saving_the_bad_state(data_dir, tmp_path):
     bad_step = int(re.search(r"at step (\d+)", message).group(1))
     saved = [int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*")]
     assert all(s < bad_step for s in saved)
-    skip = _run(
-        tmp_path / "skip",
-        data_dir,
-        "--config.opt.lr=1e30",
-        "--config.opt.warmup_iters=0",
-        "--config.train.skip_nonfinite=true",
-        "--config.train.max_iters=20",
-    )
-    assert skip.returncode == 0, skip.stderr[-2000:]
+    skipping = ["--config.opt.lr=1e30", "--config.opt.warmup_iters=0"]
+    skipping += ["--config.train.skip_nonfinite=true", "--config.train.max_iters=20"]
+    # Skipping nearly every update is a failed run: exit 1, saying so, with its files kept.
+    skip = _run(tmp_path / "skip", data_dir, *skipping)
+    assert skip.returncode == 1, skip.stderr[-2000:]
+    message = skip.stderr.strip().splitlines()[-1]
+    assert "updates were skipped as non-finite" in message and "skip_nonfinite_limit" in message
     last = [r for r in _records(tmp_path / "skip") if r["kind"] == "train"][-1]
-    assert last["nonfinite_skipped"] > 0
+    assert last["nonfinite_skipped"] > 0 and (tmp_path / "skip/checkpoints/20").is_dir()
+    # A limit of 1 accepts any number of skipped updates.
+    allowed = _run(
+        tmp_path / "allowed", data_dir, *skipping, "--config.train.skip_nonfinite_limit=1"
+    )
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
 
 
 def test_eval_command_reads_best_latest_and_a_step(reference, capsys):
@@ -220,3 +223,27 @@ def test_keeps_the_latest_k_and_the_best_n(tmp_path):
     assert ckpt.steps() == [20, 40, 50]  # best (20) and latest two; the newest is never dropped
     assert ckpt.best_step() == 20
     ckpt.close()
+
+
+def test_the_best_step_survives_a_resume(tmp_path):
+    """A new process's manager must still know which kept step is the best, or keep-best
+    deletes it at the next save (it did: only the metrics in memory ranked the steps)."""
+    import jax.numpy as jnp
+
+    from minigpt_jax.run import TrainState
+
+    def save(ckpt, step, val):
+        state = TrainState(jnp.int32(step), {"w": jnp.full((2,), float(step))}, {"m": jnp.zeros(2)})
+        ckpt.save(step, state, {"step": step, "val_loss": val})
+
+    first = checkpoint.Checkpointer(tmp_path, keep_latest=2, keep_best=1)
+    for step, val in ((10, 1.0), (20, 3.0)):
+        save(first, step, val)
+    first.wait()
+    first.close()
+    resumed = checkpoint.Checkpointer(tmp_path, keep_latest=2, keep_best=1)
+    for step, val in ((30, 4.0), (40, 5.0), (50, 6.0)):
+        save(resumed, step, val)
+    resumed.wait()
+    assert resumed.steps() == [10, 40, 50] and resumed.best_step() == 10
+    resumed.close()

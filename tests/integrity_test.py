@@ -1,0 +1,160 @@
+"""Fingerprints of saved steps: any changed byte is caught, wherever the arrays live, and a
+damaged step is set aside in train, eval and sample alike."""
+
+import io
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from minigpt_jax import checkpoint, data, eval_run, files, integrity, metrics, sample_run, train
+
+
+def test_every_single_byte_change_changes_the_fingerprint():
+    tree = {"w": jnp.arange(24, dtype=jnp.float32).reshape(4, 6), "n": jnp.int32(7)}
+    base = integrity.fingerprint(tree)
+    assert integrity.fingerprint(tree) == base
+    w = np.asarray(tree["w"])
+    for i in range(w.nbytes):
+        for flip in (0x01, 0x80, 0xFF):
+            bad = w.copy()
+            bad.view(np.uint8).reshape(-1)[i] ^= flip
+            assert integrity.fingerprint({**tree, "w": jnp.asarray(bad)}) != base, (i, flip)
+    swapped = {**tree, "w": jnp.asarray(w.reshape(-1)[::-1].reshape(4, 6))}  # same bits, moved
+    assert integrity.fingerprint(swapped) != base
+    assert integrity.fingerprint({**tree, "w": tree["w"].reshape(6, 4)}) != base  # shape counts
+
+
+def test_the_fingerprint_does_not_depend_on_the_sharding():
+    code = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from minigpt_jax import integrity
+mesh = jax.make_mesh((2, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 6)), jnp.float32)
+layouts = [P(), P("a"), P(None, "b"), P(("a", "b")), P("b", "a")]
+prints = {integrity.fingerprint({"x": jax.device_put(x, NamedSharding(mesh, s))}) for s in layouts}
+print(len(prints), jax.device_count())
+"""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "4"]
+
+
+def test_a_sealed_meta_catches_its_own_changes():
+    tree = {"w": jnp.ones(3)}
+    meta = integrity.seal({"step": 5, "val_loss": 1.25}, params=tree)
+    assert integrity.check(meta, params=tree) is True
+    assert integrity.check({"step": 5}) is False  # saved before fingerprints: unverified
+    with pytest.raises(integrity.DamagedStep, match="metadata"):
+        integrity.check({**meta, "val_loss": 1.5})
+    with pytest.raises(integrity.DamagedStep, match="params"):
+        integrity.check(meta, params={"w": jnp.ones(3).at[1].set(2.0)})
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("integrity")
+    data.prepare(files.read_text(corpus)[:20_000], tmp / "data", block_size=8)
+    c = tiny_config(max_iters=8, eval_interval=4, ckpt_interval=4, eval_iters=2)
+    c.data.dir = str(tmp / "data")
+    c.sample.max_new_tokens = 0
+    train.train_and_evaluate(c, tmp / "run")
+    return tmp / "run", c
+
+
+def _flip_a_byte(step_dir: pathlib.Path) -> None:
+    """One byte in the middle of the largest params file: tensorstore reads it without error."""
+    victim = max((p for p in (step_dir / "params").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)  # fmt: skip
+    payload = bytearray(victim.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    victim.write_bytes(bytes(payload))
+
+
+def _copy(run_dir, tmp_path) -> pathlib.Path:
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    _flip_a_byte(work / "checkpoints/8")
+    return work
+
+
+def _aside(work: pathlib.Path) -> list[str]:
+    return [p.name for p in (work / "checkpoints").iterdir() if ".unreadable-" in p.name]
+
+
+def test_eval_sets_a_flipped_step_aside_and_uses_the_one_before(run_dir, tmp_path, capsys):
+    work = _copy(run_dir[0], tmp_path)
+    step, results = eval_run.evaluate_checkpoint(work, "latest")
+    assert step == 4 and all(np.isfinite(v) for v in results.values())
+    assert "do not match their fingerprint" in capsys.readouterr().err
+    assert len(_aside(work)) == 1 and _aside(work)[0].startswith("8.unreadable-")
+
+
+def test_sample_falls_back_too(run_dir, tmp_path, capsys):
+    work = _copy(run_dir[0], tmp_path)
+    ref = io.StringIO()
+    sample_run.sample_run(run_dir[0], "The", seed=1, max_new_tokens=10, stdout=ref)
+    out = io.StringIO()
+    sample_run.sample_run(work, "The", seed=1, max_new_tokens=10, stdout=out)
+    assert _aside(work) and "fingerprint" in capsys.readouterr().err
+    assert out.getvalue().startswith("The") and len(out.getvalue()) == len(ref.getvalue())
+
+
+def test_train_resumes_from_the_step_before_a_flipped_one(run_dir, tmp_path, capsys):
+    work = _copy(run_dir[0], tmp_path)
+    config = run_dir[1].copy_and_resolve_references()
+    config.train.max_iters = 8
+    results = train.train_and_evaluate(config, work)
+    assert "resuming from" in capsys.readouterr().out and _aside(work)
+    ref = [r for r in metrics.read_metrics(run_dir[0]) if r["kind"] == "eval"][-1]
+    assert results["val_loss_full"] == pytest.approx(ref["val_loss_full"], rel=1e-6)
+
+
+def test_a_live_run_deleting_a_step_meanwhile_is_passed_over(run_dir, tmp_path, monkeypatch):
+    """eval beside a running train: the step it picked is deleted under it, it takes the next."""
+    work = tmp_path / "run"
+    shutil.copytree(run_dir[0], work)
+    restore = checkpoint.Checkpointer.restore_params
+
+    def deleted_under_us(self, step, target):
+        if step == 8:
+            shutil.rmtree(self.step_dir(step))
+            raise FileNotFoundError(f"{self.step_dir(step)}/params/_sharding")
+        return restore(self, step, target)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore_params", deleted_under_us)
+    step, _ = eval_run.evaluate_checkpoint(work, "latest")
+    assert step == 4 and not _aside(work)
+
+
+def test_with_every_step_damaged_eval_says_so_in_one_line_and_no_tracebacks(run_dir, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(run_dir[0], work)
+    for step in (4, 8):  # truncated arrays: tensorstore fails mid-read, orbax leaves reads behind
+        victim = max((p for p in (work / f"checkpoints/{step}/params").rglob("*") if p.is_file()),
+                     key=lambda p: p.stat().st_size)  # fmt: skip
+        victim.write_bytes(victim.read_bytes()[:10])
+    out = subprocess.run(
+        [sys.executable, "-m", "minigpt_jax.cli", "eval", "--workdir", str(work)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr[
+        :3000
+    ]
+    assert len(lines) == 3 and all("unreadable or damaged" in line for line in lines[:2])
+    assert lines[2].startswith("minigpt eval: error:") and "no readable checkpoint" in lines[2]

@@ -189,7 +189,7 @@ def resolve_step(ckpt: Checkpointer, spec: str, skip: frozenset[int] = frozenset
     UsageError listing the saved ones."""
     steps = [s for s in ckpt.steps() if s not in skip]
     if not steps:
-        raise UsageError(f"{ckpt.directory.parent} holds no readable checkpoint; train it first")
+        raise UsageError(f"{ckpt.directory.parent} holds no checkpoint that reads; train it first")
     if spec == "latest":
         return steps[-1]
     if spec == "best":

@@ -157,4 +157,4 @@ def test_with_every_step_damaged_eval_says_so_in_one_line_and_no_tracebacks(run_
         :3000
     ]
     assert len(lines) == 3 and all("unreadable or damaged" in line for line in lines[:2])
-    assert lines[2].startswith("minigpt eval: error:") and "no readable checkpoint" in lines[2]
+    assert lines[2].startswith("minigpt eval: error:") and "no checkpoint that reads" in lines[2]

@@ -64,9 +64,10 @@ def test_sharded_meshes_match_one_device(corpus, tmp_path):
     assert mixed == pytest.approx(one, rel=2e-5)
 
 
-def test_every_mesh_computes_the_same_steps():
-    """Meshes 1x1x1, 8x1x1, 1x8x1 and 1x1x4 on 8 fake CPU devices (2x2x2: the test above)."""
-    meshes = ["[1,1,1]", "[8,1,1]", "[1,8,1]", "[1,1,4]"]
+def test_every_mesh_computes_the_same_steps_and_data_parallel_equals_pmap():
+    """Meshes 1x1x1, 8x1x1, 1x8x1 and 1x1x4 on 8 fake CPU devices (2x2x2: the test above), and
+    a pmap + pmean step over the 8 devices, the reference the 8x1x1 mesh replaces."""
+    meshes = ["[1,1,1]", "[8,1,1]", "[1,8,1]", "[1,1,4]", "pmap"]
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests/scripts/mesh_equivalence.py"), *meshes],
         env={
@@ -88,3 +89,6 @@ def test_every_mesh_computes_the_same_steps():
     assert results["[1, 8, 1]"]["bytes"] < one["bytes"] / 8 * 1.1
     assert results["[8, 1, 1]"]["bytes"] == one["bytes"]  # data parallel replicates
     assert results["[1, 1, 4]"]["bytes"] < one["bytes"] / 2  # heads and MLP split 4 ways
+    pmap, data_parallel = results["pmap"], results["[8, 1, 1]"]
+    assert pmap["losses"] == pytest.approx(data_parallel["losses"], rel=1e-5)
+    assert pmap["params_max_diff_vs_8x1x1"] < 1e-5

@@ -1,6 +1,8 @@
 """Run by sharding_test.py in a subprocess with 8 fake CPU devices; prints one JSON line.
 
-For each mesh: the losses of 5 train steps and the per-device bytes of params + Adam state.
+For each mesh: the losses of 5 train steps and the per-device bytes of params + Adam state;
+"pmap": the same steps as a pmap + pmean data-parallel step over 8 devices, the classic
+reference the sharded jit replaces (its params are compared with the 8x1x1 mesh's).
 """
 
 import json
@@ -8,9 +10,12 @@ import sys
 
 import jax
 import numpy as np
+import optax
 
 from minigpt_jax import config, sharding
 from minigpt_jax import run as run_lib
+from minigpt_jax.evaluate import token_losses
+from minigpt_jax.run import TrainState
 
 V, T, B, STEPS = 48, 16, 16, 5
 CONFIG = config.base_config()
@@ -35,14 +40,51 @@ def run_mesh(shape):
         for xy in BATCHES:
             state, m = run.train_step(state, run.put((xy[0], xy[1])), jax.random.key(0))
             losses.append(float(m["loss"]))
-    wte = np.asarray(jax.device_get(state.params["wte"]))
-    return {"losses": losses, "bytes": per_device, "wte": wte}
+    params = jax.device_get(state.params)
+    return {"losses": losses, "bytes": per_device, "wte": params["wte"], "params": params}
+
+
+def run_pmap(n: int = 8):
+    """Data parallel the pmap way: each device its B/n rows, gradients summed with psum."""
+    run = run_lib.build(CONFIG, V, mesh=sharding.one_device_mesh())
+    model, tx, schedule = run.model, run.tx, run.schedule
+
+    def step(state, x_BxT, y_BxT):
+        def loss_sum(params):
+            return token_losses(model, params, x_BxT, y_BxT, deterministic=False).sum()
+
+        loss, grads = jax.value_and_grad(loss_sum)(state.params)
+        tokens = jax.lax.psum(x_BxT.size, "d")
+        loss, grads = jax.lax.psum((loss, grads), "d")
+        grads = jax.tree.map(lambda g: g / tokens, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        lr = schedule(state.step)
+        return TrainState(state.step + 1, params, opt_state), loss / tokens, lr
+
+    devices = jax.devices()[:n]
+    host = jax.device_get(run.init_state())
+    state = jax.tree.map(lambda a: np.broadcast_to(a, (n, *np.shape(a))), host)  # one per device
+    pstep = jax.pmap(step, axis_name="d", devices=devices)
+    losses = []
+    for xy in BATCHES:
+        rows = lambda a: a[0].reshape(n, B // n, T)  # noqa: E731  (micro-batch 0: A == 1)
+        state, loss, _ = pstep(state, rows(xy[0]), rows(xy[1]))
+        losses.append(float(loss[0]))
+    params = jax.tree.map(lambda a: a[0], jax.device_get(state.params))  # host: no programs
+    return {"losses": losses, "wte": params["wte"], "params": params}
 
 
 if __name__ == "__main__":
-    meshes = [tuple(json.loads(m)) for m in sys.argv[1:]]
-    results = {str(list(m)): run_mesh(m) for m in meshes}
+    names = sys.argv[1:]
+    results = {n: run_pmap() if n == "pmap" else run_mesh(tuple(json.loads(n))) for n in names}
+    results = {n if n == "pmap" else str(json.loads(n)): r for n, r in results.items()}
     ref = results[str([1, 1, 1])]["wte"]
+    if "pmap" in results:  # against the sharded jit's data-parallel mesh, every param
+        pairs = (results["pmap"]["params"], results[str([8, 1, 1])]["params"])
+        diffs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), *pairs)
+        results["pmap"]["params_max_diff_vs_8x1x1"] = max(jax.tree.leaves(diffs))
     for r in results.values():
         r["wte_max_diff"] = float(np.abs(r.pop("wte") - ref).max())
+        r.pop("params")
     print(json.dumps(results))

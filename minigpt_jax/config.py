@@ -142,6 +142,18 @@ def sibling(here: str, name: str, arg: str = "") -> config_dict.ConfigDict:
     return module.get_config(arg)
 
 
+def missing_fields(c: config_dict.ConfigDict) -> list[str]:
+    """The schema's sections and fields that c lacks: every command reads them all."""
+    missing = []
+    for section, fields in base_config().items():
+        got = c.get(section)
+        if not isinstance(got, config_dict.ConfigDict):
+            missing.append(section)
+        else:
+            missing += [f"{section}.{name}" for name in fields if name not in got]
+    return missing
+
+
 def from_saved(saved: dict) -> config_dict.ConfigDict:
     """A run's config.json as a config; fields added since it was written get their defaults."""
     c = base_config()

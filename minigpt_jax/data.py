@@ -60,7 +60,11 @@ class CharTokenizer:
 
     @classmethod
     def from_json(cls, meta: dict) -> CharTokenizer:
-        return cls(meta["itos"])
+        """From a meta.json; ValueError unless its itos is a list of distinct strings."""
+        itos = meta.get("itos") if isinstance(meta, dict) else None
+        if not isinstance(itos, list) or not all(isinstance(c, str) for c in itos):
+            raise ValueError("a meta.json holds the vocabulary as 'itos': a list of characters")
+        return cls(itos)
 
 
 def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.Path:

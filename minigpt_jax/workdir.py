@@ -45,6 +45,10 @@ FIXED_ON_RESUME = (
     "model.bias_head",
     "model.tie_embeddings",
     "model.arch",
+    # Nor what the same weights compute (dtype, attention kernel, remat, linear_vjp compute the
+    # same function; dropout only trains; init and wpe_init act before the first step).
+    "model.activation",
+    "model.ln_eps",
     "train.batch_size",
     "train.grad_accum",
     "opt.decay_mask",

@@ -87,3 +87,18 @@ def test_a_workdir_that_is_a_file_says_so(tmp_path):
     with pytest.raises(UsageError, match="afile is a file, not a run folder"):
         workdir.read_run_files(tmp_path / "afile")
 
+
+def test_a_resume_may_not_change_the_function_the_weights_compute():
+    """activation and ln_eps change what the same weights compute, like the shapes; dtype,
+    attention kernel, remat, linear_vjp and dropout compute the same function (or only train
+    differently), and init and wpe_init only matter before the first step."""
+    old = {"model": {"activation": "gelu", "ln_eps": 1e-5, "dtype": "float32"}}
+    new = {"model": {"activation": "relu", "ln_eps": 1e-6, "dtype": "bfloat16"}}
+    refused, allowed = workdir.config_changes(old, new)
+    assert refused == ["model.activation: 'gelu' -> 'relu'", "model.ln_eps: 1e-05 -> 1e-06"]
+    assert allowed == ["model.dtype: 'float32' -> 'bfloat16'"]
+    free = {"attention": "cudnn", "remat": "block", "linear_vjp": "xla", "dropout": 0.1}
+    free |= {"attn_dropout": 0.0, "init": "normal", "wpe_init": "zeros"}
+    refused, allowed = workdir.config_changes({"model": {}}, {"model": free})
+    assert refused == [] and len(allowed) == len(free)
+

@@ -147,6 +147,9 @@ class WorkdirLock:
             raise UsageError(
                 f"{self.path.parent} is in use by pid {holder.get('pid')} on "
                 f"{holder.get('host')}; wait for that run, or delete {self.path} if it is gone"
+                if holder.get("pid") is not None
+                else f"the lock file {self.path} is unreadable (empty or damaged); if no run is "
+                f"using {self.path.parent}, delete {self.path} and start again"
             ) from None
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

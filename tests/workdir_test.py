@@ -102,3 +102,13 @@ def test_a_resume_may_not_change_the_function_the_weights_compute():
     refused, allowed = workdir.config_changes({"model": {}}, {"model": free})
     assert refused == [] and len(allowed) == len(free)
 
+
+def test_an_unreadable_lock_says_so_not_pid_none(tmp_path):
+    for payload in ("", "{cut"):
+        (tmp_path / workdir.LOCK_FILE).write_text(payload)
+        with pytest.raises(UsageError) as info:
+            with workdir.WorkdirLock(tmp_path, print):
+                pass
+        text = str(info.value)
+        assert "lock file" in text and "unreadable" in text and "None" not in text, text
+        assert f"delete {tmp_path / workdir.LOCK_FILE}" in text

@@ -187,7 +187,7 @@ def _choice(c: Any, field: str, choices: tuple[str, ...]) -> None:
 
 def validate(c: Any) -> None:
     """Every check that needs no data and no devices: one UsageError line naming the field."""
-    from minigpt_jax import optimizer
+    from minigpt_jax import optimizer, sample
 
     t, o = c.train, c.opt
     for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -209,8 +209,25 @@ def validate(c: Any) -> None:
             f"opt.schedule=mingpt needs 0 <= opt.warmup_tokens < opt.final_tokens, got "
             f"{o.warmup_tokens} and {o.final_tokens}"
         )
+    try:
+        sample.check_seed(t.seed)
+    except ValueError as e:
+        raise UsageError(f"train.seed {e}") from None
+    _check_opt(o)
     model_config(c, c.model.vocab_size or 1)
     sample_settings(c.sample.settings)
+
+
+def _check_opt(o: Any) -> None:
+    """AdamW's and the schedule's numbers where only one side makes sense (nan fails each)."""
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters"):
+        if not o[name] >= 0:
+            raise UsageError(f"opt.{name} must be >= 0, got {o[name]}")
+    for name in ("b1", "b2"):
+        if not 0 <= o[name] < 1:
+            raise UsageError(f"opt.{name} must be in [0, 1), got {o[name]}")
+    if not o.eps > 0:
+        raise UsageError(f"opt.eps must be > 0, got {o.eps}")
 
 
 def sample_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:

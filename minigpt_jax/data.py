@@ -63,7 +63,7 @@ class CharTokenizer:
         """From a meta.json; ValueError unless its itos is a list of distinct strings."""
         itos = meta.get("itos") if isinstance(meta, dict) else None
         if not isinstance(itos, list) or not all(isinstance(c, str) for c in itos):
-            raise ValueError("a meta.json holds the vocabulary as 'itos': a list of characters")
+            raise ValueError("no 'itos' list of characters")
         return cls(itos)
 
 

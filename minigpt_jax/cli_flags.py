@@ -44,7 +44,7 @@ def load_config_file(path: str) -> config_dict.ConfigDict:
     if not callable(get_config):
         raise UsageError(
             f"{file} has no get_config(arg) function; a config file defines one that returns a "
-            f"ConfigDict, as configs/*.py do"
+            "ConfigDict, as configs/*.py do"
         )
     call = f"--config {path}: get_config({', '.join(repr(a) for a in arg)})"
     try:

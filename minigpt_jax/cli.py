@@ -36,16 +36,11 @@ def _need(FLAGS: flags.FlagValues, name: str, example: str) -> str:
 
 
 def _config(FLAGS: flags.FlagValues):
-    example = "e.g. --config configs/shakespeare_char.py:cpu"
-    try:
-        config = FLAGS.config
-        if config is None:
-            raise UsageError(f"--config is required, {example}")
-        config.keys()  # a config file that failed to load raises here
-    except OSError as e:
-        missing = [line.strip() for line in str(e).splitlines() if "No such file" in line]
-        reason = missing[0] if missing else one_line(e)
-        raise UsageError(f"cannot load --config: {reason}; {example}") from None
+    config = FLAGS.config
+    if config is None:
+        raise UsageError(f"--config is required, {cli_flags.CONFIG_EXAMPLE}")
+    if isinstance(config, cli_flags.UnloadableConfig):  # a config file that failed to load
+        raise config.error
     return config
 
 
@@ -197,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             raise flags.Error(
                 f"unexpected argument {extra[positional]!r}; flags take the form --name value"
             )
-    except flags.Error as e:
+    except (flags.Error, UsageError) as e:  # UsageError: an override of an unloadable --config
         print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except (AttributeError, KeyError) as e:  # a --config.x.y override naming no field

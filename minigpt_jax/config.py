@@ -145,6 +145,18 @@ def sibling(here: str, name: str, arg: str = "") -> config_dict.ConfigDict:
     return module.get_config(arg)
 
 
+def missing_fields(c: config_dict.ConfigDict) -> list[str]:
+    """The schema's sections and fields that c lacks: every command reads them all."""
+    missing = []
+    for section, fields in base_config().items():
+        got = c.get(section)
+        if not isinstance(got, config_dict.ConfigDict):
+            missing.append(section)
+        else:
+            missing += [f"{section}.{name}" for name in fields if name not in got]
+    return missing
+
+
 def from_saved(saved: dict) -> config_dict.ConfigDict:
     """A run's config.json as a config; fields added since it was written get their defaults."""
     c = base_config()
@@ -178,7 +190,7 @@ def _choice(c: Any, field: str, choices: tuple[str, ...]) -> None:
 
 def validate(c: Any) -> None:
     """Every check that needs no data and no devices: one UsageError line naming the field."""
-    from minigpt_jax import optimizer
+    from minigpt_jax import optimizer, sample
 
     t, o = c.train, c.opt
     for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -204,8 +216,25 @@ def validate(c: Any) -> None:
             f"opt.schedule=mingpt needs 0 <= opt.warmup_tokens < opt.final_tokens, got "
             f"{o.warmup_tokens} and {o.final_tokens}"
         )
+    try:
+        sample.check_seed(t.seed)
+    except ValueError as e:
+        raise UsageError(f"train.seed {e}") from None
+    _check_opt(o)
     model_config(c, c.model.vocab_size or 1)
     sample_settings(c.sample.settings)
+
+
+def _check_opt(o: Any) -> None:
+    """AdamW's and the schedule's numbers where only one side makes sense (nan fails each)."""
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters"):
+        if not o[name] >= 0:
+            raise UsageError(f"opt.{name} must be >= 0, got {o[name]}")
+    for name in ("b1", "b2"):
+        if not 0 <= o[name] < 1:
+            raise UsageError(f"opt.{name} must be in [0, 1), got {o[name]}")
+    if not o.eps > 0:
+        raise UsageError(f"opt.eps must be > 0, got {o.eps}")
 
 
 def sample_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:

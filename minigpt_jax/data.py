@@ -60,7 +60,11 @@ class CharTokenizer:
 
     @classmethod
     def from_json(cls, meta: dict) -> CharTokenizer:
-        return cls(meta["itos"])
+        """From a meta.json; ValueError unless its itos is a list of distinct strings."""
+        itos = meta.get("itos") if isinstance(meta, dict) else None
+        if not isinstance(itos, list) or not all(isinstance(c, str) for c in itos):
+            raise ValueError("no 'itos' list of characters")
+        return cls(itos)
 
 
 def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.Path:
@@ -137,23 +141,33 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
         )
     try:
         meta = json.loads(path.read_text())
-        CharTokenizer.from_json(meta)
+        if meta["vocab_size"] != len(CharTokenizer.from_json(meta).itos):
+            raise ValueError
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{path} is unreadable or corrupt; run `minigpt prepare` again") from None
     return meta
 
 
 def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
-    """The split's token ids, memory-mapped (nanoGPT's train.bin / val.bin format)."""
+    """The split's token ids, memory-mapped (nanoGPT's train.bin / val.bin format), checked
+    against the dir's vocabulary: an id past it would index past the embedding table."""
     path = pathlib.Path(data_dir) / f"{split}.bin"
     if not path.exists():
         raise UsageError(f"{path} not found; run `minigpt prepare --data_dir {data_dir}` first")
     if split == "val" and path.stat().st_size == 0:  # prepared with val_fraction 0
         return np.zeros(0, np.uint16)
     try:
-        return np.memmap(path, dtype=np.uint16, mode="r")
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
     except (OSError, ValueError):
         raise UsageError(f"{path} is unreadable or corrupt; run `minigpt prepare` again") from None
+    vocab_size = load_meta(data_dir)["vocab_size"]
+    top = int(tokens.max())  # one pass over the file: a few ms for a character corpus
+    if top >= vocab_size:
+        raise UsageError(
+            f"{path} holds token id {top} but {pathlib.Path(data_dir) / META_FILE} has "
+            f"{vocab_size} characters: the data dir is corrupt; run `minigpt prepare` again"
+        )
+    return tokens
 
 
 def load_prepared(

@@ -53,7 +53,8 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def make_dir(path: str | os.PathLike, flag: str) -> None:
-    """mkdir -p, with every way it can fail said in one line naming the flag."""
+    """mkdir -p of a folder the caller will write in, with every way it can fail (a file, a
+    read-only mount, no permission) said in one line naming the flag."""
     path = pathlib.Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} is a file; pass a directory as {flag}")
@@ -61,6 +62,16 @@ def make_dir(path: str | os.PathLike, flag: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create {path} ({e.strerror}); pick another {flag}") from None
+    # An existing folder may refuse writes (a read-only mount): found now, not mid-run. A probe
+    # file does what the run will do; os.access would answer yes to root whatever the mode.
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(
+            f"cannot write to {path} ({e.strerror}); make it writable or pick another {flag}"
+        ) from None
 
 
 def out_path(out: str | os.PathLike | None, flag: str = "--out") -> pathlib.Path | None:

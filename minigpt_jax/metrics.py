@@ -10,6 +10,7 @@ from typing import Any
 
 import tqdm
 
+from minigpt_jax.errors import UsageError
 from minigpt_jax.files import atomic_write_bytes
 
 METRICS_FILE = "metrics.jsonl"
@@ -129,15 +130,41 @@ def describe_eval(r: dict) -> str:
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The records of workdir/metrics.jsonl; a line cut short by a killed process is skipped, a
+    damaged one (not UTF-8, not a record) is a UsageError naming it: a resume would drop it."""
     path = pathlib.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); check its permissions") from None
     records = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(lines, 1):
+        cut = n == len(lines)  # after the last newline: empty, or what a kill left
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed process
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if cut:
+                continue
+            why = f"is not UTF-8 (byte {e.start})"
+        else:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed process (or an empty one)
+            if (
+                isinstance(record, dict)
+                and "kind" in record
+                and isinstance(record.get("step"), int)
+            ):
+                records.append(record)
+                continue
+            why = "is not a record (a JSON object with kind and step)"
+        raise UsageError(
+            f"{path} line {n} {why}: the file is damaged; fix or delete that line, or move the "
+            "file aside, and run again"
+        )
     return records
 
 

@@ -14,8 +14,10 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from typing import Any
 
 import jax
@@ -112,15 +114,27 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     if not p.is_file():
         raise UsageError(f"checkpoint {p} does not exist; pass nanoGPT's ckpt.pt")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. a pickle's protocol: lines on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-        why = next((s for s in lines if "Unsupported global" in s), lines[0] if lines else "")
-        raise UsageError(f"{p} was refused by torch.load(weights_only=True): {why}") from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, zipfile errors, ...
+        # torch's message advises weights_only=False or allowlisting the global: the unsafe
+        # path, never ours to suggest. Only its reason is kept.
+        name = re.search(r"GLOBAL (\S+)", str(e))
+        if name:
+            raise UsageError(
+                f"{p} was refused by torch.load(weights_only=True): it needs {name[1]}, which "
+                "only an unsafe load builds; pass a checkpoint of tensors (nanoGPT's ckpt.pt)"
+            ) from None
+        operand = re.search(r"Unsupported operand \d+", str(e))
+        why = operand[0].lower() if operand else "an unreadable pickle"
         raise UsageError(
-            f"{p} is not a torch checkpoint ({' '.join(str(e).split())[:160]})"
+            f"{p} is not a torch checkpoint (torch.load(weights_only=True): {why}); pass "
+            "nanoGPT's ckpt.pt"
         ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, zipfile errors, ...
+        why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}".rstrip(": ")
+        raise UsageError(f"{p} is not a torch checkpoint ({why}); pass nanoGPT's ckpt.pt") from None
 
 
 def import_checkpoint(

@@ -27,6 +27,7 @@ The compiled loops live in decode.py; shapes are named as its legend says.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,12 +70,23 @@ def check_settings(
     window: str = "chunked",
 ) -> None:
     """ValueError naming the first bad sampling setting (the CLI's flags and config settings)."""
-    if max_new_tokens < 0 or num_samples < 1 or temperature < 0:
-        raise ValueError("max_new_tokens >= 0, num_samples >= 1 and temperature >= 0 are required")
+    if max_new_tokens < 0 or num_samples < 1:
+        raise ValueError("max_new_tokens >= 0 and num_samples >= 1 are required")
+    if not (math.isfinite(temperature) and temperature >= 0):  # nan and inf: logits of nan
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}"
+        )
     if not 0.0 < top_p <= 1.0 or (top_k is not None and top_k < 1):
         raise ValueError("top_p must be in (0, 1] and top_k None or at least 1")
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+
+
+def check_seed(seed: int) -> None:
+    """ValueError unless seed is an int in [0, 2**32): jax.random.key keeps only the low 32 bits
+    (x64 off), so a larger seed would draw what a smaller one draws, and beyond 2**63 fails."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"must be an integer in [0, 2**32), got {seed!r}")
 
 
 def check_args(prompts: list[np.ndarray], cfg: ModelConfig, **settings: Any) -> None:

@@ -43,6 +43,10 @@ def sample_run(
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from None
+    try:
+        sample.check_seed(seed)
+    except ValueError as e:
+        raise UsageError(f"--seed {e}") from None
     _, meta, cfg = workdir_lib.read_run(workdir)
     tokenizer = data.CharTokenizer.from_json(meta)
     ids = tokenizer.encode(prompt)  # names any character outside the vocabulary

@@ -21,7 +21,7 @@ from typing import Any
 from flax.traverse_util import flatten_dict
 
 from minigpt_jax.checkpoint import CKPT_DIR, Checkpointer
-from minigpt_jax.data import META_FILE
+from minigpt_jax.data import META_FILE, CharTokenizer
 from minigpt_jax.errors import UsageError
 from minigpt_jax.files import atomic_write_bytes
 from minigpt_jax.metrics import METRICS_FILE
@@ -45,6 +45,10 @@ FIXED_ON_RESUME = (
     "model.bias_head",
     "model.tie_embeddings",
     "model.arch",
+    # Nor what the same weights compute (dtype, attention kernel, remat, linear_vjp compute the
+    # same function; dropout only trains; init and wpe_init act before the first step).
+    "model.activation",
+    "model.ln_eps",
     "train.batch_size",
     "train.grad_accum",
     "opt.decay_mask",
@@ -59,17 +63,41 @@ def write_run_files(workdir: str | pathlib.Path, config: dict, meta: dict) -> No
 
 
 def read_run_files(workdir: str | pathlib.Path) -> tuple[dict, dict]:
+    """(config, meta) of a run folder; each way they can be missing or damaged is one line."""
     workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(
+            f"workdir {workdir} is a file, not a run folder; pass the --workdir of a training run"
+        )
     if not workdir.is_dir():
         raise UsageError(f"workdir {workdir} does not exist; pass the --workdir of a training run")
-    paths = [workdir / CONFIG_FILE, workdir / META_FILE]
-    for p in paths:
-        if not p.exists():
-            raise UsageError(f"{p} not found; is {workdir} the workdir of a `minigpt train` run?")
+    config, meta = (_read_json(workdir, name) for name in (CONFIG_FILE, META_FILE))
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise UsageError(
+            f"{workdir / CONFIG_FILE} is not a run's config (no model section); restore it from "
+            "a copy, or retrain"
+        )
     try:
-        return tuple(json.loads(p.read_text()) for p in paths)
+        CharTokenizer.from_json(meta)
+    except ValueError as e:
+        raise UsageError(
+            f"{workdir / META_FILE} is not a tokenizer's vocabulary ({e}); copy the meta.json of "
+            "the run's data dir there"
+        ) from None
+    return config, meta
+
+
+def _read_json(workdir: pathlib.Path, name: str) -> Any:
+    path = workdir / name
+    if not path.exists():
+        raise UsageError(f"{path} not found; is {workdir} the workdir of a `minigpt train` run?")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        why = f"{name} is not UTF-8 (byte {e.start})"
     except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"{workdir} holds an unreadable run file ({e}); retrain it") from None
+        why = f"{name}: {e.strerror if isinstance(e, OSError) else e}"
+    raise UsageError(f"{workdir} holds an unreadable run file: {why}; restore it, or retrain")
 
 
 def read_run(workdir: str | pathlib.Path) -> tuple[dict, dict, ModelConfig]:
@@ -119,6 +147,9 @@ class WorkdirLock:
             raise UsageError(
                 f"{self.path.parent} is in use by pid {holder.get('pid')} on "
                 f"{holder.get('host')}; wait for that run, or delete {self.path} if it is gone"
+                if holder.get("pid") is not None
+                else f"the lock file {self.path} is unreadable (empty or damaged); if no run is "
+                f"using {self.path.parent}, delete {self.path} and start again"
             ) from None
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

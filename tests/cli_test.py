@@ -1,5 +1,6 @@
 """The command line as a user meets it: the smoke pipeline, and bad input -> one line, exit 2."""
 
+import errno
 import json
 import math
 import os
@@ -127,6 +128,30 @@ def _bad_inputs(tmp, smoke_dir):
     (tmp / "untrained").mkdir()
     for name in ("config.json", "meta.json"):
         (tmp / "untrained" / name).write_text((smoke_dir / "run" / name).read_text())
+    # Config files wrong in each way a hand-written one can be.
+    (tmp / "syntax.py").write_text("def get_config(arg:\n")
+    (tmp / "nul.py").write_bytes(b"x = 1\x00\n")
+    (tmp / "raises.py").write_text("def get_config(arg=''):\n    raise RuntimeError('boom')\n")
+    (tmp / "dict.py").write_text("def get_config(arg=''):\n    return {'train': {}}\n")
+    (tmp / "noget.py").write_text("x = 1\n")
+    # Run folders whose run files are damaged: not UTF-8, or JSON of the wrong shape.
+    for name, meta, config in (
+        ("latin1meta", "café".encode("latin-1"), None),
+        ("listmeta", b"[1, 2]", None),
+        ("listconfig", None, b'["model"]'),
+    ):
+        (tmp / name).mkdir()
+        (tmp / name / "meta.json").write_bytes(meta or (smoke_dir / "run/meta.json").read_bytes())
+        (tmp / name / "config.json").write_bytes(
+            config or (smoke_dir / "run/config.json").read_bytes()
+        )
+    (tmp / "latin1metrics").mkdir()
+    (tmp / "latin1metrics" / "metrics.jsonl").write_bytes(b'{"kind": "eval", "caf\xe9": 1}\n')
+    # A data dir whose train.bin holds an id outside its vocabulary (65 characters).
+    (tmp / "badids").mkdir()
+    for name in ("meta.json", "val.bin"):
+        (tmp / "badids" / name).write_bytes((smoke_dir / "data" / name).read_bytes())
+    (tmp / "badids" / "train.bin").write_bytes(np.arange(0, 300, dtype=np.uint16).tobytes())
     data_flag = f"--config.data.dir={smoke_dir / 'data'}"
     run = str(smoke_dir / "run")
     train = ["train", "--config", SMOKE, "--workdir", "w"]
@@ -194,6 +219,46 @@ def _bad_inputs(tmp, smoke_dir):
         (["report"], "name the runs"),
         (["report", run, "norun"], "norun has no metrics.jsonl"),
         (["report", run, "--out", "afile"], "is a file"),
+        # Issue 15, 9: tracebacks before.
+        (["train", "--config", "syntax.py", "--workdir", "w"], "SyntaxError at line 1"),
+        (["train", "--config", "nul.py", "--workdir", "w"], "null bytes"),
+        (["train", "--config", "raises.py", "--workdir", "w"], "raised RuntimeError: boom"),
+        (["train", "--config", "dict.py", "--workdir", "w"], "returned a dict, not a ConfigDict"),
+        (["bench", "sample", "--config", "dict.py"], "returned a dict, not a ConfigDict"),
+        (["sample", "--workdir", "latin1meta"], "meta.json is not UTF-8"),
+        (["eval", "--workdir", "listmeta"], "meta.json is not a tokenizer's vocabulary"),
+        (["sample", "--workdir", "listconfig"], "config.json is not a run's config"),
+        (["report", "latin1metrics"], "metrics.jsonl line 1 is not UTF-8"),
+        (["sample", "--workdir", run, "--seed", "1180591620717411303424"], "--seed must be"),
+        ([*train, data_flag, "--config.train.seed=-1"], "train.seed must be"),
+        # Issue 15, 10: accepted before.
+        (["sample", "--workdir", run, "--temperature", "nan"], "temperature"),
+        (["sample", "--workdir", run, "--temperature", "inf"], "temperature"),
+        (["sample", "--workdir", run, "--top_p", "nan"], "top_p"),
+        ([*train, data_flag, "--config.opt.lr=-1"], "opt.lr must be"),
+        ([*train, data_flag, "--config.opt.b2=1.0"], "opt.b2 must be"),
+        ([*train, "--config.data.dir=badids"], "token id 299"),
+        (["eval", "--workdir", run, "--data_dir", "badids"], "token id 299"),
+        (
+            ["train", "--config", SMOKE, "--workdir", run, data_flag, "--config.model.ln_eps=1e-6"],
+            "model.ln_eps: 1e-05 -> 1e-06",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                SMOKE,
+                "--workdir",
+                run,
+                data_flag,
+                "--config.model.activation=relu",
+            ],
+            "model.activation: 'gelu' -> 'relu'",
+        ),
+        # Issue 15, 11: misleading before.
+        (["sample", "--workdir", "afile"], "afile is a file, not a run folder"),
+        (["eval", "--workdir", "afile"], "afile is a file, not a run folder"),
+        (["train", "--config", "noget.py", "--workdir", "w"], "noget.py has no get_config(arg)"),
     ]
 
 
@@ -208,6 +273,30 @@ def test_bad_inputs_give_one_line_and_exit_2(smoke_run, tmp_path, capsys, monkey
         assert "\n" not in err and "Traceback" not in err, (args, err)
     assert sorted(p.relative_to(smoke_run) for p in smoke_run.rglob("*")) == before
     assert not (tmp_path / "w").exists()  # no half-made run left behind
+
+
+def test_train_on_a_workdir_that_cannot_be_written_is_one_line(
+    smoke_run, tmp_path, capsys, monkeypatch
+):
+    """A workdir on a read-only mount: it exists, but every write in it fails with EROFS. Tests
+    run as root, where chmod stops no write, so the fault is injected where files are opened."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    opened = os.open
+
+    def read_only_open(path, flags, *args, **kw):
+        if os.path.abspath(path).startswith(f"{ro}{os.sep}") and flags & (
+            os.O_WRONLY | os.O_RDWR | os.O_CREAT
+        ):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return opened(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    data_flag = f"--config.data.dir={smoke_run / 'data'}"
+    code = cli.main(["minigpt", "train", "--config", SMOKE, "--workdir", str(ro), data_flag])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Read-only file system" in err and str(ro) in err, err
+    assert "\n" not in err and list(ro.iterdir()) == []
 
 
 def test_offline_download_says_how_to_pass_the_file(tmp_path, capsys, monkeypatch):

@@ -56,6 +56,18 @@ def test_from_saved_fills_fields_a_run_predates():
         ("opt.lr_decay_iters", 50, "opt.lr_decay_iters=50 is below"),
         ("model.n_head", 5, "divisible by n_head=5"),
         ("sample.settings", "top_p=2", "sample.settings"),
+        ("sample.settings", "temperature=nan", "sample.settings"),
+        ("train.seed", -1, r"train.seed must be an integer in \[0, 2\*\*32\)"),
+        ("train.seed", 2**32, r"train.seed must be an integer in \[0, 2\*\*32\)"),
+        ("opt.lr", -1.0, r"opt.lr must be >= 0, got -1.0"),
+        ("opt.lr", float("nan"), "opt.lr must be >= 0, got nan"),
+        ("opt.min_lr", -1e-4, "opt.min_lr must be >= 0"),
+        ("opt.weight_decay", -0.1, "opt.weight_decay must be >= 0"),
+        ("opt.grad_clip", -1.0, "opt.grad_clip must be >= 0"),
+        ("opt.warmup_iters", -1, "opt.warmup_iters must be >= 0"),
+        ("opt.b1", 1.0, r"opt.b1 must be in \[0, 1\), got 1.0"),
+        ("opt.b2", -0.5, r"opt.b2 must be in \[0, 1\)"),
+        ("opt.eps", 0.0, "opt.eps must be > 0, got 0.0"),
     ],
 )
 def test_validate_names_the_bad_field(field, value, message):

@@ -124,3 +124,26 @@ def test_a_prepared_dir_refuses_another_text_or_split(tmp_path):
     for path, frac in ((tmp_path / "b.txt", 0.1), (tmp_path / "a.txt", 0.0)):
         with pytest.raises(UsageError, match="prepared from another text or split"):
             data.load_prepared(d, block_size=8, input_path=str(path), val_fraction=frac)
+
+
+@pytest.mark.parametrize("split", data.SPLITS)
+def test_ids_outside_the_vocabulary_are_a_corrupt_data_dir(tmp_path, split):
+    """Else they index past the embedding table and the loss turns NaN, blamed on the lr."""
+    meta = data.prepare(TEXT, tmp_path, block_size=8)
+    ids = np.fromfile(tmp_path / f"{split}.bin", dtype=np.uint16)
+    ids[3] = meta["vocab_size"]
+    ids.tofile(tmp_path / f"{split}.bin")
+    message = f"{split}.bin holds token id {meta['vocab_size']} but .* has {meta['vocab_size']}"
+    for load in (
+        lambda: data.load_split(tmp_path, split),
+        lambda: data.load_prepared(tmp_path, block_size=8),
+    ):
+        with pytest.raises(UsageError, match=message + ".*run `minigpt prepare` again"):
+            load()
+
+
+def test_a_meta_whose_vocab_size_is_not_its_itos_is_corrupt(tmp_path):
+    meta = data.prepare(TEXT, tmp_path, block_size=8)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "vocab_size": 3}))
+    with pytest.raises(UsageError, match="corrupt"):
+        data.load_meta(tmp_path)

@@ -1,5 +1,6 @@
 """minigpt_jax.files: atomic writes, reading a text, making folders, checking an output path."""
 
+import errno
 import os
 import pathlib
 import stat
@@ -143,6 +144,28 @@ def test_make_dir_under_a_file_is_a_usage_error_naming_the_flag(tmp_path):
     with pytest.raises(UsageError, match="cannot create .*; pick another --out") as info:
         files.make_dir(tmp_path / "afile" / "sub", "--out")
     assert "\n" not in str(info.value)
+
+
+def test_make_dir_on_a_dir_that_cannot_be_written_is_a_usage_error(tmp_path, monkeypatch):
+    """An existing folder on a read-only mount. Tests run as root, where chmod a-w stops no
+    write, so the fault is injected where files are opened (chmod too, for other users)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    opened = os.open
+
+    def read_only_open(path, flags, *args, **kw):
+        if os.path.dirname(os.path.abspath(path)) == str(ro) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return opened(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    try:
+        with pytest.raises(UsageError, match="cannot write to .*ro \\(Read-only file system\\); "):
+            files.make_dir(ro, "--workdir")
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == []
 
 
 def test_out_path_none_is_none():

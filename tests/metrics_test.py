@@ -10,6 +10,7 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.proto.event_pb2 import SessionLog
 
 from minigpt_jax import metrics
+from minigpt_jax.errors import UsageError
 
 
 def _train(loss=2.5, ms=10.0, lr=1e-3):
@@ -160,6 +161,34 @@ def test_read_metrics_skips_a_line_cut_short(tmp_path):
     with open(tmp_path / metrics.METRICS_FILE, "a") as f:
         f.write('{"kind": "train", "step": 3, "lo')  # the process died mid-line
     assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b'{"kind": "eval", "caf\xe9": 1}', r"metrics.jsonl line 3 is not UTF-8 \(byte 21\)"),
+        (b"[1, 2]", "metrics.jsonl line 3 is not a record"),
+        (b'{"kind": "eval"}', "metrics.jsonl line 3 is not a record"),
+    ],
+)
+def test_a_damaged_line_is_one_line_for_report_and_resume(tmp_path, line, message):
+    """Not a cut line a kill leaves (those are skipped): report and a resume say which line."""
+    _write_run(tmp_path, range(2))
+    with open(tmp_path / metrics.METRICS_FILE, "ab") as f:
+        f.write(line + b"\n" + b'{"kind": "train", "step": 5}\n')
+    before = (tmp_path / metrics.METRICS_FILE).read_bytes()
+    with pytest.raises(UsageError, match=message):
+        metrics.read_metrics(tmp_path)
+    with pytest.raises(UsageError, match=message):
+        metrics.MetricsWriter(tmp_path, total=9, resume_step=1)
+    assert (tmp_path / metrics.METRICS_FILE).read_bytes() == before  # nothing dropped
+
+
+def test_a_last_line_cut_inside_a_character_is_skipped(tmp_path):
+    _write_run(tmp_path, range(2))
+    with open(tmp_path / metrics.METRICS_FILE, "ab") as f:
+        f.write('{"kind": "eval", "step": 2, "note": "é'.encode()[:-1])
+    assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [0, 1]
 
 
 def test_resuming_after_a_line_cut_short_drops_it(tmp_path):

@@ -2,10 +2,12 @@
 in one line; torch stays optional."""
 
 import dataclasses
+import datetime
 import os
 import pickle
 import subprocess
 import sys
+import warnings
 
 import pytest
 from conftest import ROOT
@@ -83,6 +85,10 @@ def files(tmp_path_factory):
     with open(tmp / "evil.pkl", "wb") as f:
         pickle.dump({"vocab_size": V, "itos": Pwn(tmp / "pwned")}, f)
     (tmp / "notckpt.pt").write_text("hello")
+    (tmp / "notes.pt").write_text(
+        "# Notes\nnot a checkpoint at all\n"
+    )  # torch: unsupported operand
+    torch.save({"model": {}, "when": datetime.date(2020, 1, 1)}, tmp / "class.pt")
     (tmp / "meta_small.json").write_text('{"itos": ["a", "b"]}')
     (tmp / "busy").mkdir()
     (tmp / "busy" / "keep.txt").write_text("x")
@@ -155,6 +161,9 @@ def test_bad_inputs_give_one_line_and_exit_2(files, capsys, monkeypatch):
         ([*imp, "missing.pt", "--meta", "meta.pkl", *w], "does not exist"),
         ([*imp, "notckpt.pt", "--meta", "meta.pkl", *w], "not a torch checkpoint"),
         ([*imp, "evil.pt", "--meta", "meta.pkl", *w], "weights_only=True"),
+        ([*imp, "notes.pt", "--meta", "meta.pkl", *w], "notes.pt is not a torch checkpoint"),
+        ([*imp, "meta.pkl", "--meta", "meta.pkl", *w], "meta.pkl is not a torch checkpoint"),
+        ([*imp, "class.pt", "--meta", "meta.pkl", *w], "refused by torch.load(weights_only=True)"),
         ([*imp, "ckpt.pt", "--meta", "evil.pkl", *w], "system"),
         ([*imp, "ckpt.pt", "--meta", "missing.pkl", *w], "does not exist"),
         ([*imp, "ckpt.pt", "--meta", "notckpt.pt", *w], "not a meta.pkl"),
@@ -172,10 +181,14 @@ def test_bad_inputs_give_one_line_and_exit_2(files, capsys, monkeypatch):
         (["convert", "--from", "keras", "ckpt.pt"], "--from"),
     ]
     for args, message in cases:
-        code, _, err = _run(args, capsys)
+        with warnings.catch_warnings(record=True) as warned:  # torch's go to stderr: lines more
+            warnings.simplefilter("always")
+            code, _, err = _run(args, capsys)
         assert code == 2, (args, err)
         assert message in err, (args, err)
-        assert "\n" not in err and "Traceback" not in err, (args, err)
+        assert "\n" not in err and "Traceback" not in err and not warned, (args, err, warned)
+        # Never torch's advice to load unsafely: weights_only=False, or allowlisting a global.
+        assert "False" not in err and "safe_globals" not in err, (args, err)
     assert not (tmp / "pwned").exists()  # neither pickle ran its command
     assert not (tmp / "w").exists() and (tmp / "busy" / "keep.txt").exists()
     assert not [p for p in tmp.iterdir() if p.name.startswith(".w.")]  # no temp dir left

@@ -145,11 +145,23 @@ def test_bad_arguments_raise_value_errors(tiny):
         ([1], {"top_p": 0.0}, "top_p"),
         ([1], {"top_k": 0}, "top_k"),
         ([1], {"temperature": -1.0}, "temperature"),
+        ([1], {"temperature": float("nan")}, "temperature must be a finite number"),
+        ([1], {"temperature": float("inf")}, "temperature must be a finite number"),
+        ([1], {"top_p": float("nan")}, "top_p"),
     ]:
         with pytest.raises(ValueError, match=match):
             sample.generate(params, cfg, prompt, rng, max_new_tokens=3, **kw)
     out = sample.generate(params, cfg, [4, 2], rng, max_new_tokens=0)
     np.testing.assert_array_equal(out, [[4, 2]])
+
+
+def test_a_seed_is_what_a_jax_key_holds_without_aliasing():
+    """jax.random.key keeps a seed's low 32 bits (x64 off): 2**32 would draw what 0 draws."""
+    for seed in (0, 2**32 - 1):
+        sample.check_seed(seed)
+    for seed in (-1, 2**32, 1180591620717411303424, 1.5, True):
+        with pytest.raises(ValueError, match=r"an integer in \[0, 2\*\*32\)"):
+            sample.check_seed(seed)
 
 
 @pytest.mark.parametrize(

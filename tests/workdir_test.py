@@ -60,3 +60,55 @@ def test_discard_run_removes_records_and_keeps_the_run_files(tmp_path):
         (tmp_path / name).write_text("x")
     workdir.discard_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.CONFIG_FILE]
+
+
+@pytest.mark.parametrize(
+    "name, payload, message",
+    [
+        ("meta.json", "café".encode("latin-1"), r"meta.json is not UTF-8 \(byte 3\)"),
+        ("config.json", b"\xff{}", r"config.json is not UTF-8 \(byte 0\)"),
+        ("meta.json", b"[1, 2]", "meta.json is not a tokenizer's vocabulary"),
+        ("meta.json", b'{"itos": ["a", 5]}', "meta.json is not a tokenizer's vocabulary"),
+        ("meta.json", b'{"itos": ["a", "a"]}', "meta.json is not a tokenizer's vocabulary"),
+        ("config.json", b'["model"]', "config.json is not a run's config"),
+        ("config.json", b'{"model": 3}', "config.json is not a run's config"),
+    ],
+)
+def test_run_files_not_utf8_or_of_the_wrong_shape_are_one_line(tmp_path, name, payload, message):
+    workdir.write_run_files(tmp_path, {"model": {"n_layer": 2}}, {"itos": ["a", "b"]})
+    (tmp_path / name).write_bytes(payload)
+    with pytest.raises(UsageError, match=message) as info:
+        workdir.read_run(tmp_path)
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_a_workdir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="afile is a file, not a run folder"):
+        workdir.read_run_files(tmp_path / "afile")
+
+
+def test_a_resume_may_not_change_the_function_the_weights_compute():
+    """activation and ln_eps change what the same weights compute, like the shapes; dtype,
+    attention kernel, remat, linear_vjp and dropout compute the same function (or only train
+    differently), and init and wpe_init only matter before the first step."""
+    old = {"model": {"activation": "gelu", "ln_eps": 1e-5, "dtype": "float32"}}
+    new = {"model": {"activation": "relu", "ln_eps": 1e-6, "dtype": "bfloat16"}}
+    refused, allowed = workdir.config_changes(old, new)
+    assert refused == ["model.activation: 'gelu' -> 'relu'", "model.ln_eps: 1e-05 -> 1e-06"]
+    assert allowed == ["model.dtype: 'float32' -> 'bfloat16'"]
+    free = {"attention": "cudnn", "remat": "block", "linear_vjp": "xla", "dropout": 0.1}
+    free |= {"attn_dropout": 0.0, "init": "normal", "wpe_init": "zeros"}
+    refused, allowed = workdir.config_changes({"model": {}}, {"model": free})
+    assert refused == [] and len(allowed) == len(free)
+
+
+def test_an_unreadable_lock_says_so_not_pid_none(tmp_path):
+    for payload in ("", "{cut"):
+        (tmp_path / workdir.LOCK_FILE).write_text(payload)
+        with pytest.raises(UsageError) as info:
+            with workdir.WorkdirLock(tmp_path, print):
+                pass
+        text = str(info.value)
+        assert "lock file" in text and "unreadable" in text and "None" not in text, text
+        assert f"delete {tmp_path / workdir.LOCK_FILE}" in text

@@ -34,10 +34,21 @@ def train_and_evaluate(
     eval metrics plus 'step' and 'stopped_by' (a signal name, or None when it ran to the end)."""
     if "://" in str(workdir):
         raise UsageError(f"--workdir {workdir}: only local or shared-filesystem paths work so far")
-    started = time.perf_counter()
     workdir = pathlib.Path(workdir)
     config_lib.validate(cfg)  # config errors first, before reading data
     sharding.initialize_distributed(cfg.dist)  # before anything touches a device
+    # From here a SIGTERM never kills the run silently: until the workdir is locked it raises
+    # Terminated (nothing written yet), then it asks for a stop that saves and unlocks.
+    stop = StopRequest(armed=False)
+    try:
+        return _train(cfg, workdir, overwrite, stop)
+    finally:
+        stop.close()
+
+
+def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) -> dict:
+    """train_and_evaluate once the config is checked and signals are handled."""
+    started = time.perf_counter()
     meta, splits = data.load_prepared(
         cfg.data.dir,
         block_size=cfg.model.block_size,
@@ -59,6 +70,7 @@ def train_and_evaluate(
     # Process 0 owns the workdir's files; orbax saves and restores with every process.
     lock = workdir_lib.WorkdirLock(workdir, log) if is_main else contextlib.nullcontext()
     with lock:
+        stop.arm()  # locked: a stop now ends the run cleanly and unlocks the workdir
         ckpt = checkpoint.Checkpointer(workdir)
         try:
             resume = workdir_lib.should_resume(ckpt, t.init_from, overwrite, resolved, meta, log)
@@ -156,12 +168,12 @@ def _loop(
     """Steps from state.step to max_iters; evaluates, checkpoints, and stops when asked."""
     start = int(state.step)
     results = dict(last_eval)
-    if start == 0:
+    stop = StopRequest()  # inside train's: it carries a stop asked for since the lock was taken
+    if start == 0 and not stop.asked():
         results = run_eval(state.params, step=0)
         writer.write("eval", 0, results)
         if draw:
             writer.write_samples(0, draw(state.params, 0))
-    stop = StopRequest()
     pending = None  # (step, device metrics) of the step dispatched last
     last_time, last_step = time.perf_counter(), start
 
@@ -189,6 +201,9 @@ def _loop(
             writer.write("train", step, values)
 
     try:
+        if stop.asked():  # before the first step: step 0 is the seed's init, a later one is saved
+            writer.log(f"stopped by {stop.name()} at step {start}, before its first step")
+            return {**results, "step": start, "stopped_by": stop.name()}
         for step in range(start + 1, t.max_iters + 1):
             state, step_metrics = train_step(state, train_batch(step - 1), dropout_rng)
             # Read the previous step's metrics only now: the device is already busy with this one.

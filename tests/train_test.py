@@ -1,12 +1,16 @@
 """The training loop over a Run: evals, checkpoints, records, and a stop that saves."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from minigpt_jax import checkpoint, data, files, metrics, train
+from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import UsageError
 
 
@@ -54,4 +58,89 @@ def test_a_stop_request_saves_a_checkpoint_and_says_by_what(data_dir, tmp_path, 
 def test_refuses_a_bad_config_before_touching_the_workdir(data_dir, tmp_path):
     with pytest.raises(UsageError, match="train.eval_iters"):
         train.train_and_evaluate(_config(data_dir, eval_iters=0), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# `minigpt train` in a subprocess, with a fault injected by FAULT (see DRIVER): the exit code,
+# the lines printed and what is left in the workdir are what the user gets.
+SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
+SMALL = [
+    "--config.train.max_iters=6",
+    "--config.train.ckpt_interval=2",
+    "--config.train.eval_interval=6",
+    "--config.train.eval_iters=1",
+    "--config.train.log_interval=2",
+    "--config.sample.max_new_tokens=0",
+]
+DRIVER = r"""
+import os, signal, sys
+from minigpt_jax import cli, data, run, train
+
+fault, _, arg = os.environ.get("FAULT", "").partition(":")
+
+
+def term_then(f):  # SIGTERM to this process, then f as usual
+    def g(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return f(*a, **k)
+    return g
+
+
+if fault == "term_loading":  # before the lock
+    data.load_prepared = term_then(data.load_prepared)
+elif fault == "term_init":  # locked, state initialized, step 0 not evaluated yet
+    train.count_params = term_then(train.count_params)
+elif fault == "term_eval":  # during the step-0 eval
+    train.evaluate = term_then(train.evaluate)
+sys.exit(cli.main(["minigpt", *sys.argv[1:]]))
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_data(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_data")
+    data.prepare(files.read_text(corpus)[:50_000], out, block_size=32)
+    return out
+
+
+def _train(workdir, data_dir, fault="", timeout=120, extra=()):
+    """(exit code, stdout, stderr) of a small smoke run in workdir with `fault` injected."""
+    argv = ["train", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.dir={data_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAULT": fault}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", DRIVER, *argv, *SMALL, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"minigpt train with FAULT={fault!r} hung for {timeout} s")
+    return out.returncode, out.stdout, out.stderr
+
+
+def _saved(workdir):
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("fault", ["term_init", "term_eval"])
+def test_sigterm_after_the_lock_before_step_1_stops_cleanly(cli_data, tmp_path, fault):
+    code, out, err = _train(tmp_path / "run", cli_data, fault)
+    assert code == 0, err[-2000:]
+    assert "stopped by SIGTERM at step 0 before training, nothing to save" in out
+    assert "resume with: minigpt train" in out and "Traceback" not in err
+    assert not (tmp_path / "run" / workdir_lib.LOCK_FILE).exists()
+    assert ("step 0:" in out) == (fault == "term_eval")  # skipped if asked for before it
+    code, out, err = _train(tmp_path / "run", cli_data)
+    assert code == 0 and "done:" in out, err[-2000:]
+
+
+def test_sigterm_before_the_lock_exits_143_in_one_line(cli_data, tmp_path):
+    code, out, err = _train(tmp_path / "run", cli_data, "term_loading")
+    assert code == 143, err[-2000:]
+    assert err.strip().splitlines() == [
+        "minigpt train: stopped by SIGTERM before the run started; nothing was written, run "
+        "the same command again"
+    ]
     assert not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax import checkpoint, data, files, metrics, sharding
+from minigpt_jax import checkpoint, data, faults, files, metrics, sharding
 from minigpt_jax import config as config_lib
 from minigpt_jax import run as run_lib
 from minigpt_jax import workdir as workdir_lib
@@ -42,6 +42,10 @@ def train_and_evaluate(
     stop = StopRequest(armed=False)
     try:
         return _train(cfg, workdir, overwrite, stop)
+    except Exception as e:
+        if isinstance(e, UsageError) or not faults.is_disk_full(e):
+            raise
+        raise faults.disk_full(workdir, getattr(e, "step_bytes", None)) from None
     finally:
         stop.close()
 
@@ -67,10 +71,12 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
 
     # Every check has passed: only now does the run touch its workdir.
     files.make_dir(workdir, "--workdir")
+    faults.check_directory(workdir)
     # Process 0 owns the workdir's files; orbax saves and restores with every process.
     lock = workdir_lib.WorkdirLock(workdir, log) if is_main else contextlib.nullcontext()
     with lock:
         stop.arm()  # locked: a stop now ends the run cleanly and unlocks the workdir
+        faults.remove_half_saves(workdir)  # left by a run cut short; orbax would skip them
         ckpt = checkpoint.Checkpointer(workdir)
         try:
             resume = workdir_lib.should_resume(ckpt, t.init_from, overwrite, resolved, meta, log)
@@ -138,8 +144,7 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
             finally:
                 writer.close()
         finally:
-            ckpt.wait()
-            ckpt.close()
+            faults.close(ckpt)  # waits for the save in flight; no orbax thread outlives a failure
     if is_main:
         metrics.plot_losses(workdir, run.tokens_per_step)
         params = {"nanogpt_count": nano, "total": total}
@@ -222,6 +227,7 @@ def _loop(
                     if draw:
                         writer.write_samples(step, draw(state.params, step))
                     step_meta.update(results)
+                faults.ensure_room(ckpt, state)
                 ckpt.save(step, state, step_meta)
                 last_time, last_step = time.perf_counter(), step  # evals are not train time
             if stopping:

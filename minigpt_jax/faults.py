@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Any
 
 import jax
 from orbax.checkpoint._src.futures import future as orbax_future
@@ -99,7 +100,7 @@ def disk_full(workdir: str | pathlib.Path, step_bytes: int | None = None) -> Usa
     )
 
 
-def ensure_room(ckpt: Checkpointer, state) -> None:
+def ensure_room(ckpt: Checkpointer, state: Any) -> None:
     """Refuses a save that the disk cannot hold, before orbax writes a byte of it (a save that
     fails midway floods stderr from tensorstore's threads). One process only: with several,
     each would have to agree before the collective save; orbax's own error covers them."""
@@ -144,7 +145,8 @@ def _abandon(ckpt: Checkpointer) -> None:
 def _release_threads() -> bool:
     """Cancels orbax's commit threads still alive and wakes those waiting for a signal, then
     joins them. Cancelling all first: a signal wakes every thread waiting for it, and one not
-    yet cancelled would go on to write. True if there were any."""
+    yet cancelled would go on to write. True if there were any. This reaches into orbax 0.12's
+    futures (pinned in constraints.txt); tests/train_test.py's hang tests catch a change."""
     threads = [
         t
         for t in threading.enumerate()

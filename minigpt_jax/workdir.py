@@ -120,14 +120,13 @@ class WorkdirLock:
     def __enter__(self) -> WorkdirLock:
         fd = self._flock()
         try:
+            # An empty file under a free flock is stale too: its writer died before writing.
             holder = _parse(os.pread(fd, 4096, 0))
             mine = holder.get("host") == self.owner["host"]
             if holder and not (mine and not _alive(holder.get("pid"))):
                 raise self._in_use(holder)
             if holder:
                 self.log(f"taking over the stale lock {self.path} of dead pid {holder.get('pid')}")
-            # An empty file under a free flock: its writer died before writing (or the disk
-            # was full); it is stale too.
             payload = json.dumps(self.owner).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, payload, 0)
@@ -146,6 +145,8 @@ class WorkdirLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # train says it in its one line for a full disk
                 raise UsageError(f"cannot create {self.path} ({e.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,7 +1,8 @@
 """The `minigpt` command: prepare | train | eval | sample | bench | report | convert | compare.
 
 Thin: each command parses its own flags and makes one library call; the library raises typed
-errors (errors.py) and main() maps them to exit codes: 2 bad input, 1 a stopped run, 130 Ctrl-C.
+errors (errors.py) and main() maps them to exit codes: 2 bad input, 1 a stopped run, 130 Ctrl-C,
+143 a SIGTERM before the run started.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from absl import flags
 
 from minigpt_jax import cli_flags, startup
-from minigpt_jax.errors import RunStopped, UsageError, one_line
+from minigpt_jax.errors import RunStopped, Terminated, UsageError, one_line
 
 USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists the command's flags)
 
@@ -67,8 +68,9 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
     if results["stopped_by"]:
         again = " ".join(a for a in argv if a != "--overwrite")  # the resume repeats this line
+        saved = "with a checkpoint" if results["step"] else "before training, nothing to save"
         print(
-            f"stopped by {results['stopped_by']} at step {results['step']} with a checkpoint; "
+            f"stopped by {results['stopped_by']} at step {results['step']} {saved}; "
             f"resume with: minigpt {again}"
         )
         return
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"minigpt {command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"minigpt {command}: {one_line(e)}", file=sys.stderr)
+        return 143
     return 0
 
 

@@ -15,6 +15,12 @@ class RunStopped(Exception):
     """A run that cannot go on (a non-finite loss, say): one line, exit code 1, nothing lost."""
 
 
+class Terminated(BaseException):
+    """SIGTERM before a run started (nothing written): one line, exit code 143 (128 + SIGTERM,
+    as Ctrl-C's KeyboardInterrupt gives 130). A BaseException, like KeyboardInterrupt, so that
+    no `except Exception` on the way takes it for an error of its own."""
+
+
 def require_torch(module: str = "torch_ref") -> ModuleType:
     """minigpt_jax's torch_ref (or torch_train) module, or a one-line UsageError saying how to
     install torch."""

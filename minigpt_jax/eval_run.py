@@ -11,6 +11,7 @@ import jax
 
 from minigpt_jax import checkpoint, data, sharding
 from minigpt_jax import config as config_lib
+from minigpt_jax import lock as lock_lib
 from minigpt_jax import run as run_lib
 from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import UsageError
@@ -37,7 +38,7 @@ def evaluate_checkpoint(
     run = run_lib.build(cfg, model_cfg.vocab_size, mesh=mesh)
     # The step again: a damaged one is set aside and the spec names another.
     step, params = checkpoint.load_params(
-        workdir, run.model_cfg, step_spec, mesh, set_aside=not workdir_lib.in_use(workdir),
+        workdir, run.model_cfg, step_spec, mesh, set_aside=not lock_lib.in_use(workdir),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     with run.activate():

@@ -11,6 +11,7 @@ from typing import TextIO
 import jax
 
 from minigpt_jax import checkpoint, data, sample
+from minigpt_jax import lock as lock_lib
 from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import UsageError
 
@@ -51,7 +52,7 @@ def sample_run(
     tokenizer = data.CharTokenizer.from_json(meta)
     ids = tokenizer.encode(prompt)  # names any character outside the vocabulary
     _, params = checkpoint.load_params(
-        workdir, cfg, "latest", set_aside=not workdir_lib.in_use(workdir),
+        workdir, cfg, "latest", set_aside=not lock_lib.in_use(workdir),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     sinks = [stdout or sys.stdout]  # looked up now: tests and callers swap sys.stdout

@@ -14,8 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax import checkpoint, data, files, metrics, sharding
+from minigpt_jax import checkpoint, data, faults, files, metrics, sharding
 from minigpt_jax import config as config_lib
+from minigpt_jax import lock as lock_lib
 from minigpt_jax import run as run_lib
 from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import RunStopped, UsageError
@@ -34,10 +35,25 @@ def train_and_evaluate(
     eval metrics plus 'step' and 'stopped_by' (a signal name, or None when it ran to the end)."""
     if "://" in str(workdir):
         raise UsageError(f"--workdir {workdir}: only local or shared-filesystem paths work so far")
-    started = time.perf_counter()
     workdir = pathlib.Path(workdir)
     config_lib.validate(cfg)  # config errors first, before reading data
     sharding.initialize_distributed(cfg.dist)  # before anything touches a device
+    # From here a SIGTERM never kills the run silently: until the workdir is locked it raises
+    # Terminated (nothing written yet), then it asks for a stop that saves and unlocks.
+    stop = StopRequest(armed=False)
+    try:
+        return _train(cfg, workdir, overwrite, stop)
+    except Exception as e:
+        if isinstance(e, UsageError) or not faults.is_disk_full(e):
+            raise
+        raise faults.disk_full(workdir, getattr(e, "step_bytes", None)) from None
+    finally:
+        stop.close()
+
+
+def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) -> dict:
+    """train_and_evaluate once the config is checked and signals are handled."""
+    started = time.perf_counter()
     meta, splits = data.load_prepared(
         cfg.data.dir,
         block_size=cfg.model.block_size,
@@ -56,9 +72,12 @@ def train_and_evaluate(
 
     # Every check has passed: only now does the run touch its workdir.
     files.make_dir(workdir, "--workdir")
+    faults.check_directory(workdir)
     # Process 0 owns the workdir's files; orbax saves and restores with every process.
-    lock = workdir_lib.WorkdirLock(workdir, log) if is_main else contextlib.nullcontext()
+    lock = lock_lib.WorkdirLock(workdir, log) if is_main else contextlib.nullcontext()
     with lock:
+        stop.arm()  # locked: a stop now ends the run cleanly and unlocks the workdir
+        faults.remove_half_saves(workdir)  # left by a run cut short; orbax would skip them
         ckpt = checkpoint.Checkpointer(workdir)
         try:
             resume = workdir_lib.should_resume(ckpt, t.init_from, overwrite, resolved, meta, log)
@@ -126,8 +145,7 @@ def train_and_evaluate(
             finally:
                 writer.close()
         finally:
-            ckpt.wait()
-            ckpt.close()
+            faults.close(ckpt)  # waits for the save in flight; no orbax thread outlives a failure
     if is_main:
         metrics.plot_losses(workdir, run.tokens_per_step)
         params = {"nanogpt_count": nano, "total": total}
@@ -162,12 +180,12 @@ def _loop(
     """Steps from state.step to max_iters; evaluates, checkpoints, and stops when asked."""
     start = int(state.step)
     results = dict(last_eval)
-    if start == 0:
+    stop = StopRequest()  # inside train's: it carries a stop asked for since the lock was taken
+    if start == 0 and not stop.asked():
         results = run_eval(state.params, step=0)
         writer.write("eval", 0, results)
         if draw:
             writer.write_samples(0, draw(state.params, 0))
-    stop = StopRequest()
     pending = None  # (step, device metrics) of the step dispatched last
     last_time, last_step = time.perf_counter(), start
 
@@ -195,6 +213,9 @@ def _loop(
             writer.write("train", step, values)
 
     try:
+        if stop.asked():  # before the first step: step 0 is the seed's init, a later one is saved
+            writer.log(f"stopped by {stop.name()} at step {start}, before its first step")
+            return {**results, "step": start, "stopped_by": stop.name()}
         for step in range(start + 1, t.max_iters + 1):
             state, step_metrics = train_step(state, train_batch(step - 1), dropout_rng)
             # Read the previous step's metrics only now: the device is already busy with this one.
@@ -213,6 +234,7 @@ def _loop(
                     if draw:
                         writer.write_samples(step, draw(state.params, step))
                     step_meta.update(results)
+                faults.ensure_room(ckpt, state)
                 ckpt.save(step, state, step_meta)
                 last_time, last_step = time.perf_counter(), step  # evals are not train time
             if stopping:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +26,6 @@ from minigpt_jax.metrics import METRICS_FILE
 from minigpt_jax.model_config import ModelConfig
 
 CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"
 
 # Fields a resume may not change: they fix the shapes of params, batches or the optimizer state.
 FIXED_ON_RESUME = (
@@ -124,65 +121,6 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
             fixed |= key == "opt.grad_clip" and (a.get(key, 0) > 0) != (b.get(key, 0) > 0)
             (refused if fixed else allowed).append(line)
     return refused, allowed
-
-
-class WorkdirLock:
-    """One run per workdir: a lock file holding pid and host; a dead owner's lock is taken over."""
-
-    def __init__(self, workdir: str | pathlib.Path, log: Callable[[str], None]):
-        self.path = pathlib.Path(workdir) / LOCK_FILE
-        self.log = log
-        self.owner = {"pid": os.getpid(), "host": socket.gethostname()}
-
-    def __enter__(self) -> WorkdirLock:
-        payload = json.dumps(self.owner).encode()
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = self._holder()
-            if holder.get("host") == self.owner["host"] and not _alive(holder.get("pid")):
-                self.log(f"taking over the stale lock {self.path} of dead pid {holder.get('pid')}")
-                atomic_write_bytes(self.path, payload)
-                return self
-            raise UsageError(
-                f"{self.path.parent} is in use by pid {holder.get('pid')} on "
-                f"{holder.get('host')}; wait for that run, or delete {self.path} if it is gone"
-                if holder.get("pid") is not None
-                else f"the lock file {self.path} is unreadable (empty or damaged); if no run is "
-                f"using {self.path.parent}, delete {self.path} and start again"
-            ) from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        return self
-
-    def _holder(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}  # unreadable: refused below, as held by an unknown process
-
-    def __exit__(self, *exc) -> None:
-        if self._holder() == self.owner:
-            self.path.unlink(missing_ok=True)
-
-
-def in_use(workdir: str | pathlib.Path) -> bool:
-    """Whether a live process on this host holds the workdir's lock (a run is writing there)."""
-    lock = WorkdirLock(workdir, lambda _: None)
-    holder = lock._holder() if lock.path.exists() else {}
-    return holder.get("host") == lock.owner["host"] and _alive(holder.get("pid"))
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def should_resume(

@@ -118,3 +118,44 @@ def test_sync_is_a_no_op_on_one_process(monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 2)  # and with several, it does wait
     preemption.sync("checkpoint")
     assert called == ["checkpoint"]
+
+
+def test_unarmed_a_signal_raises_at_once_and_armed_it_asks_for_a_stop(handlers):
+    stop = preemption.StopRequest(armed=False)
+    try:
+        with pytest.raises(preemption.Terminated, match="before the run started"):
+            _kill(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            _kill(signal.SIGINT)
+        assert not stop.asked()
+        stop.arm()
+        _kill(signal.SIGTERM)
+        assert stop.asked() and stop.name() == "SIGTERM"
+    finally:
+        stop.close()
+
+
+def test_a_nested_request_carries_the_outer_stop_and_hands_signals_back(handlers):
+    outer = preemption.StopRequest()
+    try:
+        calm = preemption.StopRequest()
+        assert not calm.asked()
+        calm.close()
+        _kill(signal.SIGTERM)  # e.g. while the first step compiles, before the loop's own
+        inner = preemption.StopRequest()
+        assert inner.asked() and inner.should_stop(0)
+        inner.close()
+        assert signal.getsignal(signal.SIGTERM) == outer._handle
+    finally:
+        outer.close()
+    outer.close()  # closing twice is harmless
+
+
+def test_asked_is_for_one_process_only(handlers, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    stop = preemption.StopRequest()
+    try:
+        _kill(signal.SIGINT)  # one host's Ctrl-C: the others would not stop with it
+        assert stop.signum == signal.SIGINT and not stop.asked()
+    finally:
+        stop.close()

@@ -1,12 +1,19 @@
 """The training loop over a Run: evals, checkpoints, records, and a stop that saves."""
 
+import contextlib
 import json
+import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from minigpt_jax import checkpoint, data, files, metrics, train
+from minigpt_jax import lock as lock_lib
 from minigpt_jax.errors import UsageError
 
 
@@ -55,3 +62,215 @@ def test_refuses_a_bad_config_before_touching_the_workdir(data_dir, tmp_path):
     with pytest.raises(UsageError, match="train.eval_iters"):
         train.train_and_evaluate(_config(data_dir, eval_iters=0), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# `minigpt train` in a subprocess, with a fault injected by FAULT (see DRIVER): the exit code,
+# the lines printed and what is left in the workdir are what the user gets.
+SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
+SMALL = [
+    "--config.train.max_iters=6",
+    "--config.train.ckpt_interval=2",
+    "--config.train.eval_interval=6",
+    "--config.train.eval_iters=1",
+    "--config.train.log_interval=2",
+    "--config.sample.max_new_tokens=0",
+]
+DRIVER = r"""
+import builtins, errno, os, re, shutil, signal, sys
+from minigpt_jax import cli, data, run, train
+
+fault, _, arg = os.environ.get("FAULT", "").partition(":")
+TMP = re.compile(r"checkpoints/(\d+)\.orbax-checkpoint-tmp")
+
+
+def late_tmp(path):  # a path inside the tmp folder of a step >= arg
+    m = TMP.search(str(path))
+    return m is not None and int(m.group(1)) >= int(arg)
+
+
+def term_then(f):  # SIGTERM to this process, then f as usual
+    def g(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return f(*a, **k)
+    return g
+
+
+def no_space(path):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+if fault == "term_loading":  # before the lock
+    data.load_prepared = term_then(data.load_prepared)
+elif fault == "term_init":  # locked, state initialized, step 0 not evaluated yet
+    train.count_params = term_then(train.count_params)
+elif fault == "term_eval":  # during the step-0 eval
+    train.evaluate = term_then(train.evaluate)
+elif fault == "mkdir":  # the step's tmp folder cannot be created: disk full
+    makedirs = os.makedirs
+    os.makedirs = lambda p, *a, **k: no_space(p) if late_tmp(p) else makedirs(p, *a, **k)
+elif fault == "write":  # a file inside the step's tmp folder cannot be written: disk full
+    open_ = builtins.open
+    def opener(p, mode="r", *a, **k):
+        return no_space(p) if late_tmp(p) and set(mode) & set("wax") else open_(p, mode, *a, **k)
+    builtins.open = opener
+elif fault == "free":  # the disk reports arg bytes free once a step is saved
+    usage = shutil.disk_usage
+    def disk_usage(p):
+        ckpts = os.environ["CKPTS"]
+        steps = [q for q in os.listdir(ckpts) if q.isdigit()] if os.path.isdir(ckpts) else []
+        return usage(p)._replace(free=int(arg)) if steps else usage(p)
+    shutil.disk_usage = disk_usage
+elif fault in ("ctrlc", "ctrlc_twice"):  # Ctrl-C once a save of step >= arg is in flight
+    from minigpt_jax import checkpoint
+    save, wait = checkpoint.Checkpointer.save, checkpoint.Checkpointer.wait
+    def interrupted_save(self, step, *a, **k):
+        save(self, step, *a, **k)
+        if step >= int(arg):
+            self.interrupted = True
+            raise KeyboardInterrupt
+    def interrupted_wait(self):  # ctrlc_twice: again while the run waits for that save
+        if getattr(self, "interrupted", False) and fault == "ctrlc_twice":
+            self.interrupted = False
+            raise KeyboardInterrupt
+        wait(self)
+    checkpoint.Checkpointer.save, checkpoint.Checkpointer.wait = interrupted_save, interrupted_wait
+sys.exit(cli.main(["minigpt", *sys.argv[1:]]))
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_data(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_data")
+    data.prepare(files.read_text(corpus)[:50_000], out, block_size=32)
+    return out
+
+
+def _train(workdir, data_dir, fault="", timeout=120, extra=()):
+    """(exit code, stdout, stderr) of a small smoke run in workdir with `fault` injected."""
+    argv = ["train", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.dir={data_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAULT": fault}
+    env["CKPTS"] = str(workdir / "checkpoints")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", DRIVER, *argv, *SMALL, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"minigpt train with FAULT={fault!r} hung for {timeout} s")
+    return out.returncode, out.stdout, out.stderr
+
+
+def _saved(workdir):
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("fault", ["term_init", "term_eval"])
+def test_sigterm_after_the_lock_before_step_1_stops_cleanly(cli_data, tmp_path, fault):
+    code, out, err = _train(tmp_path / "run", cli_data, fault)
+    assert code == 0, err[-2000:]
+    assert "stopped by SIGTERM at step 0 before training, nothing to save" in out
+    assert "resume with: minigpt train" in out and "Traceback" not in err
+    assert not (tmp_path / "run" / lock_lib.LOCK_FILE).exists()
+    assert ("step 0:" in out) == (fault == "term_eval")  # skipped if asked for before it
+    code, out, err = _train(tmp_path / "run", cli_data)
+    assert code == 0 and "done:" in out, err[-2000:]
+
+
+def test_sigterm_before_the_lock_exits_143_in_one_line(cli_data, tmp_path):
+    code, out, err = _train(tmp_path / "run", cli_data, "term_loading")
+    assert code == 143, err[-2000:]
+    assert err.strip().splitlines() == [
+        "minigpt train: stopped by SIGTERM before the run started; nothing was written, run "
+        "the same command again"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_where_the_checkpoints_go_is_one_line_and_no_hang(cli_data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").touch()
+    code, out, err = _train(tmp_path / "run", cli_data, timeout=60)  # it hung for 300 s
+    assert code == 2, err[-2000:]
+    assert err.strip().splitlines() == [
+        f"minigpt train: error: {tmp_path / 'run' / 'checkpoints'} is a file, not a folder; "
+        "move it away or pick another --workdir"
+    ]
+    assert not (tmp_path / "run" / lock_lib.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("fault", ["mkdir:4", "write:4", "free:1000"])
+def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_resumes(cli_data, tmp_path, fault):
+    workdir = tmp_path / "run"
+    code, out, err = _train(workdir, cli_data, fault, timeout=60)  # mkdir hung for 300 s
+    assert code == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert re.fullmatch(
+        rf"minigpt train: error: the disk holding {re.escape(str(workdir))} is full: free \d+ MB "
+        r"or move the workdir \(.*\)",
+        lines[0],
+    )
+    assert _saved(workdir) == ["2"]  # the step before is intact, no half-save left
+    assert not (workdir / lock_lib.LOCK_FILE).exists()
+    code, out, err = _train(workdir, cli_data)
+    assert code == 0 and f"resuming from {workdir / 'checkpoints' / '2'}" in out, err[-2000:]
+    assert _saved(workdir) == ["4", "6"]
+
+
+@pytest.mark.parametrize("fault", ["ctrlc:4", "ctrlc_twice:4"])
+def test_ctrl_c_during_a_save_unlocks_leaves_no_half_save_and_resumes(cli_data, tmp_path, fault):
+    workdir = tmp_path / "run"
+    code, out, err = _train(workdir, cli_data, fault, timeout=60)
+    assert code == 130 and err.strip().splitlines() == ["minigpt train: interrupted"], err
+    assert not (workdir / lock_lib.LOCK_FILE).exists()
+    saved = [name for name in _saved(workdir) if name.isdigit()]
+    # The save in flight completes, or is dropped whole: at most a tmp folder that orbax skips
+    # (tensorstore may still write into it after it is cancelled) and the next run removes.
+    assert saved in (["2"], ["2", "4"])
+    code, out, err = _train(workdir, cli_data)
+    assert code == 0 and f"resuming from {workdir / 'checkpoints' / saved[-1]}" in out, err
+    assert _saved(workdir) == ["4", "6"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs, where this machine lets the test mount one (root with mount rights)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)]
+    try:
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here; the injected full-disk tests cover it")
+    except OSError:
+        pytest.skip("no mount command; the injected full-disk tests cover it")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk_then_a_resume_on_it(cli_data, small_disk, tmp_path):
+    workdir = small_disk / "run"
+    wide = "--config.model.n_embd=64"  # 1.3 MB a step: two fit, the third does not
+    code, out, err = _train(workdir, cli_data, timeout=60, extra=[wide])
+    assert code == 2, err[-3000:]
+    assert err.strip().splitlines() == [
+        f"minigpt train: error: the disk holding {workdir} is full: free 2 MB or move the "
+        "workdir (the checkpoints saved so far are intact; the same command resumes from the "
+        "newest)"
+    ]
+    assert _saved(workdir) == ["2", "4"] and not (workdir / lock_lib.LOCK_FILE).exists()
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # until the disk is full: not even the lock file fits
+        while True:
+            os.write(fd, b"x" * 4096)
+    os.close(fd)
+    code, out, err = _train(workdir, cli_data, timeout=60, extra=[wide])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert "is full: free 2 MB or move the workdir" in err
+    assert not (workdir / lock_lib.LOCK_FILE).exists()
+    moved = tmp_path / "moved"
+    shutil.copytree(workdir, moved)
+    code, out, err = _train(moved, cli_data, extra=[wide])
+    assert code == 0 and f"resuming from {moved / 'checkpoints' / '4'}" in out, err[-3000:]

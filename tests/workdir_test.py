@@ -1,32 +1,9 @@
 """The run folder: one run per workdir, its run files, and what a resume may change."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 
 from minigpt_jax import checkpoint, workdir
 from minigpt_jax.errors import UsageError
-
-
-def test_one_run_per_workdir(tmp_path, capsys):
-    lock = tmp_path / workdir.LOCK_FILE
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    with pytest.raises(UsageError, match="in use by pid"):
-        with workdir.WorkdirLock(tmp_path, print):
-            pass
-    assert lock.exists()  # a refused start leaves the other run's lock alone
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    with workdir.WorkdirLock(tmp_path, print):
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert "taking over the stale lock" in capsys.readouterr().out
-    assert not lock.exists()
 
 
 def test_config_changes_fills_fields_a_run_predates_with_their_defaults():
@@ -101,14 +78,3 @@ def test_a_resume_may_not_change_the_function_the_weights_compute():
     free |= {"attn_dropout": 0.0, "init": "normal", "wpe_init": "zeros"}
     refused, allowed = workdir.config_changes({"model": {}}, {"model": free})
     assert refused == [] and len(allowed) == len(free)
-
-
-def test_an_unreadable_lock_says_so_not_pid_none(tmp_path):
-    for payload in ("", "{cut"):
-        (tmp_path / workdir.LOCK_FILE).write_text(payload)
-        with pytest.raises(UsageError) as info:
-            with workdir.WorkdirLock(tmp_path, print):
-                pass
-        text = str(info.value)
-        assert "lock file" in text and "unreadable" in text and "None" not in text, text
-        assert f"delete {tmp_path / workdir.LOCK_FILE}" in text

@@ -7,11 +7,13 @@ separate items so either restores alone. The run folder around them is workdir.p
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -42,6 +44,18 @@ def _quiet_leftovers() -> None:
     sys.unraisablehook = lambda u: None if leftover(u.exc_value, u.object) else unraisable(u)
     sys.unraisablehook.quiet = True
     sys.excepthook = lambda t, v, tb: None if leftover(v) else excepthook(t, v, tb)
+
+
+@contextlib.contextmanager
+def _no_metrics_warning() -> Iterator[None]:
+    """orbax warns at each save without metrics once best_fn is set; ours are deliberate."""
+    logger = logging.getLogger("absl")
+    quiet = lambda record: "did not provide metrics" not in record.getMessage()  # noqa: E731
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class Checkpointer:
@@ -87,15 +101,13 @@ class Checkpointer:
         (integrity.py); meta['val_loss'], when present, ranks the step for best-n."""
         val = meta.get("val_loss")
         meta = integrity.seal(meta, params=state.params, opt_state=state.opt_state)
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                opt_state=ocp.args.StandardSave(state.opt_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=None if val is None else {"val_loss": val},
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            meta=ocp.args.JsonSave(meta),
         )
+        with _no_metrics_warning():  # a save between evals has no val loss, on purpose
+            self.manager.save(step, args=args, metrics=None if val is None else {"val_loss": val})
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

@@ -131,7 +131,7 @@ def _convert(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     print(nanogpt.convert(
         source=FLAGS["from"].value, target=FLAGS["to"].value, ckpt=argv, workdir=FLAGS.workdir,
         meta=FLAGS.meta, out=FLAGS.out, step=FLAGS.step, overrides=overrides,
-        data_dir=FLAGS.data_dir, overwrite=FLAGS.overwrite,
+        data_dir=FLAGS.data_dir, overwrite=FLAGS.overwrite, meta_out=FLAGS.meta_out,
     ))  # fmt: skip
 
 

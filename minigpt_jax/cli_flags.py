@@ -201,6 +201,12 @@ def convert(f: flags.FlagValues, argv: list[str]) -> None:
     )
     flags.DEFINE_string("meta", None, "Import: nanoGPT's meta.pkl or a meta.json.", flag_values=f)
     flags.DEFINE_string("out", None, "Export: the ckpt.pt to write.", flag_values=f)
+    flags.DEFINE_string(
+        "meta_out",
+        None,
+        "Export: where nanoGPT's meta.pkl goes (default: beside --out).",
+        flag_values=f,
+    )
     flags.DEFINE_string("step", "latest", "Export: best, latest or a step number.", flag_values=f)
     flags.DEFINE_integer(
         "n_head", None, "Import: heads, if the checkpoint lacks them.", flag_values=f

@@ -17,9 +17,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.fchmod(fd, umasked(0o666))  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -28,6 +26,14 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umasked(mode: int) -> int:
+    """The permissions a plain open() or mkdir() would give: mode less the process umask
+    (mkstemp and mkdtemp make 0600 / 0700 files and folders, private by design)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
 
 
 def read_text(path: str | os.PathLike) -> str:

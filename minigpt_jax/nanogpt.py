@@ -179,6 +179,7 @@ def import_checkpoint(
     state = TrainState(jnp.asarray(step, jnp.int32), params, run.tx.init(params))
     files.make_dir(target.absolute().parent, "--workdir")
     tmp = pathlib.Path(tempfile.mkdtemp(dir=target.absolute().parent, prefix=f".{target.name}."))
+    os.chmod(tmp, files.umasked(0o777))  # a workdir like a trained run's, not mkdtemp's 0700
     try:
         workdir_lib.write_run_files(tmp, config.to_dict(), meta)
         ckpt = checkpoint.Checkpointer(tmp)
@@ -198,11 +199,14 @@ def import_checkpoint(
     return cfg, step
 
 
-def export_nanogpt(workdir: str, out: str, step_spec: str = "latest") -> int:
+def export_nanogpt(
+    workdir: str, out: str, step_spec: str = "latest", meta_out: str | None = None
+) -> tuple[int, pathlib.Path, str]:
     """`minigpt convert --to nanogpt`: a run's checkpoint as nanoGPT's ckpt.pt (model,
-    model_args, iter_num, best_val_loss, config), written to a temp file and renamed."""
+    model_args, iter_num, best_val_loss, config) and the meta.pkl its sample.py decodes with
+    (beside it unless meta_out says), both written whole. -> (step, meta.pkl, dataset name)."""
     torch = errors.require_torch().torch
-    config, _, cfg = workdir_lib.read_run(workdir)
+    config, meta, cfg = workdir_lib.read_run(workdir)
     bad = nanogpt_incompatible(cfg)
     if bad:
         raise UsageError(
@@ -212,6 +216,9 @@ def export_nanogpt(workdir: str, out: str, step_spec: str = "latest") -> int:
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     val = ckpt.read_meta(step).get("val_loss")
     ckpt.close()
+    # sample.py decodes with data/<dataset>/meta.pkl: a name of our own, so that copying our
+    # meta.pkl there never overwrites one of nanoGPT's own datasets.
+    dataset = f"minigpt_{pathlib.Path(config['data']['dir']).name}"
     sd = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(params, cfg).items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]  # one tensor under both, as nanoGPT's
     o, t = config["opt"], config["train"]
@@ -227,28 +234,31 @@ def export_nanogpt(workdir: str, out: str, step_spec: str = "latest") -> int:
             "grad_clip": o["grad_clip"], "batch_size": t["batch_size"],
             "gradient_accumulation_steps": t["grad_accum"], "max_iters": t["max_iters"],
             "eval_interval": t["eval_interval"], "eval_iters": t["eval_iters"],
-            "log_interval": t["log_interval"], "dataset": pathlib.Path(config["data"]["dir"]).name,
+            "log_interval": t["log_interval"], "dataset": dataset,
             **{k: getattr(cfg, k) for k in NANOGPT_MODEL_ARGS if k != "vocab_size"},
         },
     }  # fmt: skip
-    dest = pathlib.Path(out)
-    if dest.is_dir() or not dest.absolute().parent.is_dir():
-        raise UsageError(f"--out {out} must be a file path in an existing folder")
+    dest = files.out_path(out)
+    meta_path = files.out_path(meta_out, "--meta_out") or dest.absolute().with_name("meta.pkl")
+    itos = dict(enumerate(meta["itos"]))  # nanoGPT's prepare.py: {id: char} and {char: id}
+    nano_meta = {"vocab_size": len(itos), "itos": itos, "stoi": {c: i for i, c in itos.items()}}
     fd, tmp = tempfile.mkstemp(dir=dest.absolute().parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, files.umasked(0o666))  # like any file the user writes, not mkstemp's 0600
+        files.atomic_write_bytes(meta_path, pickle.dumps(nano_meta))
         os.replace(tmp, dest)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
-    return step
+    return step, meta_path, dataset
 
 
 def convert(
     *, source: str | None, target: str | None, ckpt: list[str], workdir: str | None,
     meta: str | None, out: str | None, step: str, overrides: dict, data_dir: str | None,
-    overwrite: bool,
+    overwrite: bool, meta_out: str | None = None,
 ) -> str:  # fmt: skip
     """`minigpt convert`: import (--from, one CKPT argument, --meta) or export (--to, --out);
     returns the line to print."""
@@ -260,8 +270,14 @@ def convert(
     if target:
         if ckpt or not out:
             raise UsageError("export takes no CKPT argument; pass --out ckpt.pt")
-        saved = export_nanogpt(workdir, out, step)
-        return f"wrote {out}: step {saved} of {workdir}, nanoGPT's checkpoint format"
+        saved, meta_path, dataset = export_nanogpt(workdir, out, step, meta_out)
+        ckpt_dir = pathlib.Path(out).absolute().parent
+        name = "" if pathlib.Path(out).name == "ckpt.pt" else f" (as {ckpt_dir}/ckpt.pt)"
+        return (
+            f"wrote {out}: step {saved} of {workdir}, nanoGPT's checkpoint format, and "
+            f"{meta_path}; in a nanoGPT checkout, sample it{name} with: mkdir -p data/{dataset} "
+            f"&& cp {meta_path} data/{dataset}/ && python sample.py --out_dir={ckpt_dir}"
+        )
     if len(ckpt) != 1 or not meta:
         raise UsageError(
             f"usage: minigpt convert --from {source} CKPT.pt --meta META --workdir DIR"

@@ -51,10 +51,15 @@ def sample_run(
     _, meta, cfg = workdir_lib.read_run(workdir)
     tokenizer = data.CharTokenizer.from_json(meta)
     ids = tokenizer.encode(prompt)  # names any character outside the vocabulary
-    _, params = checkpoint.load_params(
+    step, params = checkpoint.load_params(
         workdir, cfg, "latest", set_aside=not lock_lib.in_use(workdir),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
+    # On stderr, so the samples on stdout stay pure text: past block_size only 'exact' is
+    # nanoGPT's crop, token for token.
+    other = "exact: nanoGPT's crop" if window == "chunked" else "chunked: faster"
+    print(f"sampling step {step} of {workdir}; window {window} past block_size {cfg.block_size} "
+          f"(--window {other})", file=sys.stderr)  # fmt: skip
     sinks = [stdout or sys.stdout]  # looked up now: tests and callers swap sys.stdout
     with contextlib.ExitStack() as stack:
         if out is not None:

@@ -129,6 +129,25 @@ def test_nanogpt_checkpoint_imports_samples_evaluates_and_exports(files, capsys,
         assert torch.equal(back["model"][k], v), k
     again = torch_ref.make_model(cfg)
     again.load_state_dict(back["model"], strict=True)
+    # nanoGPT's sample.py, as it reads the pair: the printed command puts meta.pkl at
+    # data/<config.dataset>/meta.pkl; it is a plain pickle of stoi / itos dicts.
+    dataset = back["config"]["dataset"]
+    assert f"mkdir -p data/{dataset} && cp {tmp / 'meta.pkl'} data/{dataset}/" in out
+    with open(tmp / "meta.pkl", "rb") as f:
+        nano_meta = pickle.load(f)
+    assert nano_meta["itos"] == dict(enumerate(meta["itos"]))
+    assert nano_meta["vocab_size"] == len(meta["itos"]) == cfg.vocab_size
+    ids = [nano_meta["stoi"][c] for c in "T"]
+    text = "".join(nano_meta["itos"][i] for i in _greedy_torch(again, ids, 7))
+    code, ours, err = _run(["sample", "--workdir", "imp", "--prompt", "T", "--temperature", "0",
+                            "--max_new_tokens", "7"], capsys)  # fmt: skip
+    assert code == 0 and ours.split("\n---")[0] == text, err
+    assert "window chunked" in err and "--window exact" in err  # said where users read
+    # Files a user can share: not mkstemp's 0600 nor mkdtemp's 0700.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp / "back.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp / "imp").stat().st_mode & 0o777 == 0o777 & ~umask
     # An existing workdir is kept unless --overwrite; with it, replaced whole.
     code, _, err = _run([*args, "--data_dir", "data"], capsys)
     assert code == 2 and "--overwrite" in err

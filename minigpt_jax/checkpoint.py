@@ -7,13 +7,13 @@ separate items so either restores alone. The run folder around them is workdir.p
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,33 +29,36 @@ CKPT_DIR = "checkpoints"
 UNREADABLE = ".unreadable"
 
 
-def _quiet_leftovers() -> None:
-    """After a failed restore, orbax's reads still in flight fail later on a closed event loop
-    (tensorstore callbacks and coroutines garbage-collected unawaited): hundreds of lines of
-    tracebacks after the one line that says what happened. Drop those, and only those."""
-
-    def leftover(exc: BaseException | None, obj: Any = None) -> bool:
-        text = f"{exc!r} {obj!r}"
-        return "Event loop is closed" in text or "_read_array_index_and_device_put" in text
-
-    unraisable, excepthook = sys.unraisablehook, sys.excepthook
-    if getattr(unraisable, "quiet", False):
-        return
-    sys.unraisablehook = lambda u: None if leftover(u.exc_value, u.object) else unraisable(u)
-    sys.unraisablehook.quiet = True
-    sys.excepthook = lambda t, v, tb: None if leftover(v) else excepthook(t, v, tb)
+def _orbax_leftover(exc: BaseException | None, obj: Any = None) -> bool:
+    """A failed save or restore ends orbax's event loop while tensorstore still has reads or
+    writes in flight: each one's completion then fails on the closed loop, and its coroutines
+    are collected unawaited (at teardown, too). Hundreds of tracebacks after the one line that
+    says what happened; these, and only these, are dropped."""
+    text = f"{exc!r} {obj!r}"
+    return any(
+        mark in text
+        for mark in ("Event loop is closed", "_read_array_index_and_device_put",
+                     "sys.meta_path is None")
+    )  # fmt: skip
 
 
-@contextlib.contextmanager
-def _no_metrics_warning() -> Iterator[None]:
-    """orbax warns at each save without metrics once best_fn is set; ours are deliberate."""
-    logger = logging.getLogger("absl")
-    quiet = lambda record: "did not provide metrics" not in record.getMessage()  # noqa: E731
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
+class _OrbaxNoise(logging.Filter):
+    """orbax logs a failed save's traceback from each thread it passes through (60+ for a full
+    disk) before the error reaches the main thread, where the command says it in one line; and
+    it warns at every save without metrics, which ours between evals are on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax or "did not provide metrics" in record.getMessage())
+
+
+logging.getLogger("absl").addFilter(_OrbaxNoise())
+# The same leftovers, when the interpreter finds them never awaited at exit (this package has no
+# coroutines of its own: every one is orbax's or tensorstore's).
+warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+_unraisable, _excepthook = sys.unraisablehook, sys.excepthook
+sys.unraisablehook = lambda u: None if _orbax_leftover(u.exc_value, u.object) else _unraisable(u)
+sys.excepthook = lambda t, v, tb: None if _orbax_leftover(v) else _excepthook(t, v, tb)
 
 
 class Checkpointer:
@@ -106,8 +109,7 @@ class Checkpointer:
             opt_state=ocp.args.StandardSave(state.opt_state),
             meta=ocp.args.JsonSave(meta),
         )
-        with _no_metrics_warning():  # a save between evals has no val loss, on purpose
-            self.manager.save(step, args=args, metrics=None if val is None else {"val_loss": val})
+        self.manager.save(step, args=args, metrics=None if val is None else {"val_loss": val})
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -163,7 +165,6 @@ class Checkpointer:
     def set_aside(self, step: int, error: Exception, log: Callable[[str], None]) -> None:
         """A damaged or unreadable step is reported and renamed (never deleted), so that the
         older steps serve and a later save of the same step number can proceed."""
-        _quiet_leftovers()
         src = self.step_dir(step)
         dst = src.with_name(f"{step}{UNREADABLE}-{int(time.time())}")
         reason = " ".join(str(error).split())[:200]
@@ -236,7 +237,6 @@ def load_params(
             try:
                 return step, ckpt.restore_params(step, target)
             except Exception as e:  # orbax / tensorstore raise many types for a damaged step
-                _quiet_leftovers()
                 gone = not ckpt.step_dir(step).exists()  # deleted by the run writing here
                 if not gone and set_aside:
                     ckpt.set_aside(step, e, log)

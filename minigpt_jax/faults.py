@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import math
 import os
 import pathlib
 import shutil
-import sys
 import threading
 import time
-import warnings
 from typing import Any
 
 import jax
@@ -32,31 +29,6 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # Metadata files beside the arrays, and a margin for the filesystem's blocks.
 SLACK_BYTES = 256 * 1024
 RELEASE_TIMEOUT_S = 30.0
-
-
-class _NoOrbaxTracebacks(logging.Filter):
-    """orbax logs a failed save's traceback from each thread it passes through (60+ for a full
-    disk) before the same error reaches the main thread, where the run reports it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
-
-
-logging.getLogger("absl").addFilter(_NoOrbaxTracebacks())
-_unraisable = sys.unraisablehook
-
-
-def _no_closed_loop_callbacks(u) -> None:
-    """A save that fails midway ends its event loop while tensorstore still has writes in
-    flight; each one's completion then fails to reach the closed loop, a traceback apiece."""
-    closed = isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
-    # A save's pending coroutines, collected once the interpreter is tearing down.
-    torn_down = "sys.meta_path is None" in str(u.exc_value)
-    if not (closed or torn_down):
-        _unraisable(u)
-
-
-sys.unraisablehook = _no_closed_loop_callbacks
 
 
 class NoRoom(OSError):
@@ -132,8 +104,7 @@ def close(ckpt: Checkpointer) -> None:
 
 
 def _abandon(ckpt: Checkpointer) -> None:
-    # The released threads never ran their coroutines: not a bug to warn about at exit.
-    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    # The released threads never run their coroutines: checkpoint.py keeps that off stderr.
     _release_threads()
     with contextlib.suppress(Exception):  # the failed save's own error is already on its way
         ckpt.close()

@@ -12,6 +12,7 @@ import os
 import pathlib
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -44,15 +45,21 @@ def _orbax_leftover(exc: BaseException | None, obj: Any = None) -> bool:
 
 class _OrbaxNoise(logging.Filter):
     """orbax logs a failed save's traceback from each thread it passes through (60+ for a full
-    disk) before the error reaches the main thread, where the command says it in one line; and
-    it warns at every save without metrics, which ours between evals are on purpose."""
+    disk) before the error reaches the main thread, where the command says it in one line;
+    asyncio logs the same failure again for each of orbax's tasks nobody awaited any more; and
+    orbax warns at every save without metrics, which ours between evals are on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from_orbax = record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname
-        return not (from_orbax or "did not provide metrics" in record.getMessage())
+        orbax = f"{os.sep}orbax{os.sep}"
+        tb = record.exc_info[2] if record.exc_info else None
+        through_orbax = orbax in record.pathname or any(
+            orbax in frame.filename for frame in traceback.extract_tb(tb)
+        )
+        return not ((tb and through_orbax) or "did not provide metrics" in record.getMessage())
 
 
-logging.getLogger("absl").addFilter(_OrbaxNoise())
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_OrbaxNoise())
 # The same leftovers, when the interpreter finds them never awaited at exit (this package has no
 # coroutines of its own: every one is orbax's or tensorstore's).
 warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)

@@ -1,7 +1,7 @@
 """`minigpt bench sample`: the cached sampler, recompute and PyTorch's generate in one table."""
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 
 from minigpt_jax import bench_sample, cli, config
 
@@ -19,9 +19,7 @@ def test_bad_bench_sample_flags_give_one_line_and_exit_2(
     args, message, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["minigpt", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err and "Traceback" not in err, err
+    assert message in one_line_error(args, capsys)
 
 
 def test_bench_sample_times_pytorch_generate_on_the_same_weights(capsys):

@@ -155,6 +155,7 @@ def _bad_inputs(tmp, smoke_dir):
     data_flag = f"--config.data.dir={smoke_dir / 'data'}"
     run = str(smoke_dir / "run")
     train = ["train", "--config", SMOKE, "--workdir", "w"]
+    resume = ["train", "--config", SMOKE, "--workdir", run, data_flag]  # the trained run
     return [
         (["prepare", "--input", "missing.txt"], "does not exist"),
         (["prepare", "--input", "empty.txt", "--data_dir", "d"], "empty"),
@@ -179,26 +180,9 @@ def _bad_inputs(tmp, smoke_dir):
         ([*train, data_flag, "--config.train.batch_size=0"], "batch_size"),
         ([*train, data_flag, "--config.opt.schedule=linear"], "opt.schedule"),
         ([*train, data_flag, "--config.mesh.data=3"], "needs 3 devices"),
-        (
-            ["train", "--config", SMOKE, "--workdir", run, data_flag, "--config.model.n_layer=3"],
-            "model.n_layer: 2 -> 3",
-        ),
-        (
-            [
-                "train",
-                "--config",
-                SMOKE,
-                "--workdir",
-                run,
-                data_flag,
-                "--config.train.init_from=scratch",
-            ],
-            "--overwrite",
-        ),
-        (
-            ["train", "--config", SMOKE, "--workdir", run, data_flag, "--config.train.init_from=x"],
-            "init_from",
-        ),
+        ([*resume, "--config.model.n_layer=3"], "model.n_layer: 2 -> 3"),
+        ([*resume, "--config.train.init_from=scratch"], "--overwrite"),
+        ([*resume, "--config.train.init_from=x"], "init_from"),
         (["eval", "--workdir", run, "--step", "99"], "--step must be"),
         (["eval", "--workdir", "untrained"], "no checkpoint"),
         (["eval", "--workdir", run, "--data_dir", "corrupt"], "corrupt"),
@@ -239,22 +223,8 @@ def _bad_inputs(tmp, smoke_dir):
         ([*train, data_flag, "--config.opt.b2=1.0"], "opt.b2 must be"),
         ([*train, "--config.data.dir=badids"], "token id 299"),
         (["eval", "--workdir", run, "--data_dir", "badids"], "token id 299"),
-        (
-            ["train", "--config", SMOKE, "--workdir", run, data_flag, "--config.model.ln_eps=1e-6"],
-            "model.ln_eps: 1e-05 -> 1e-06",
-        ),
-        (
-            [
-                "train",
-                "--config",
-                SMOKE,
-                "--workdir",
-                run,
-                data_flag,
-                "--config.model.activation=relu",
-            ],
-            "model.activation: 'gelu' -> 'relu'",
-        ),
+        ([*resume, "--config.model.ln_eps=1e-6"], "model.ln_eps: 1e-05 -> 1e-06"),
+        ([*resume, "--config.model.activation=relu"], "model.activation: 'gelu' -> 'relu'"),
         # Issue 15, 11: misleading before.
         (["sample", "--workdir", "afile"], "afile is a file, not a run folder"),
         (["eval", "--workdir", "afile"], "afile is a file, not a run folder"),

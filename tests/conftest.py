@@ -9,7 +9,7 @@ import jax
 import pytest
 from corpus import make_text
 
-from minigpt_jax import config, model
+from minigpt_jax import config, data, files, model, train
 from minigpt_jax.model import ModelConfig, make_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,3 +51,33 @@ def tiny():
     """(cfg, model, params) of a 2-layer, 16-wide GPT over an 11-token vocab."""
     model, params = init_params(TINY)
     return TINY, model, params
+
+
+@pytest.fixture(scope="session")
+def tiny_data(corpus, tmp_path_factory) -> pathlib.Path:
+    """20,000 characters of the corpus, prepared for block 8."""
+    out = tmp_path_factory.mktemp("tiny_data")
+    data.prepare(files.read_text(corpus)[:20_000], out, block_size=8)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """(workdir, config) of a tiny_config run of 8 steps, evaluated and saved at 4 and 8, no
+    samples. Shared: a test that changes the run copies it first."""
+    c = tiny_config(max_iters=8, eval_interval=4, ckpt_interval=4, eval_iters=2)
+    c.data.dir = str(tiny_data)
+    c.sample.max_new_tokens = 0
+    workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+    train.train_and_evaluate(c, workdir)
+    return workdir, c
+
+
+def one_line_error(args: list[str], capsys) -> str:
+    """stderr of `minigpt ARGS`, checked to be exit 2, one line and no traceback."""
+    from minigpt_jax import cli
+
+    code = cli.main(["minigpt", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, (args, code, err)
+    return err

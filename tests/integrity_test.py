@@ -11,9 +11,9 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import ROOT
 
-from minigpt_jax import checkpoint, data, eval_run, files, integrity, metrics, sample_run, train
+from minigpt_jax import checkpoint, eval_run, integrity, metrics, sample_run, train
 
 
 def test_every_single_byte_change_changes_the_fingerprint():
@@ -64,15 +64,9 @@ def test_a_sealed_meta_catches_its_own_changes():
         integrity.check(meta, params={"w": jnp.ones(3).at[1].set(2.0)})
 
 
-@pytest.fixture(scope="module")
-def run_dir(corpus, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("integrity")
-    data.prepare(files.read_text(corpus)[:20_000], tmp / "data", block_size=8)
-    c = tiny_config(max_iters=8, eval_interval=4, ckpt_interval=4, eval_iters=2)
-    c.data.dir = str(tmp / "data")
-    c.sample.max_new_tokens = 0
-    train.train_and_evaluate(c, tmp / "run")
-    return tmp / "run", c
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def _flip_a_byte(step_dir: pathlib.Path) -> None:

@@ -3,21 +3,14 @@
 import io
 
 import pytest
-from conftest import tiny_config
 
-from minigpt_jax import data, files, sample_run, train
+from minigpt_jax import sample_run
 from minigpt_jax.errors import UsageError
 
 
-@pytest.fixture(scope="module")
-def workdir(corpus, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sample_run")
-    data.prepare(files.read_text(corpus)[:20_000], tmp / "data", block_size=8)
-    c = tiny_config(max_iters=4, eval_interval=4, ckpt_interval=4, eval_iters=1)
-    c.data.dir = str(tmp / "data")
-    c.sample.max_new_tokens = 0
-    train.train_and_evaluate(c, tmp / "run")
-    return tmp / "run"
+@pytest.fixture
+def workdir(tiny_run):
+    return tiny_run[0]
 
 
 def test_samples_stream_to_stdout_and_the_file_alike(workdir, tmp_path):

@@ -15,11 +15,9 @@ from minigpt_jax import lock as lock_lib
 from minigpt_jax.errors import UsageError
 
 
-@pytest.fixture(scope="module")
-def data_dir(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_data")
-    data.prepare(files.read_text(corpus)[:20_000], out, block_size=8)
-    return out
+@pytest.fixture
+def data_dir(tiny_data):
+    return tiny_data
 
 
 def _config(data_dir, **fields):

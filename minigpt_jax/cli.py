@@ -20,6 +20,7 @@ USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists t
 commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
+  train    --workdir DIR          resumes (or starts) a run from the config.json it holds
   eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
   sample   --workdir DIR [--prompt TEXT | --prompt_file FILE] [--num_samples N] [--out FILE]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
@@ -27,7 +28,10 @@ commands:
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
   convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR   import
   convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]         export
-  compare  --config FILE[:variant] --steps N --out_dir DIR   JAX and PyTorch side by side"""
+  compare  --config FILE[:variant] --steps N --out_dir DIR   JAX and PyTorch side by side
+  sweep    --config FILE[:variant] --root DIR --grid a.b=v1,v2 [--grid ...] | --sweep FILE
+           [--seeds 3] [--parallel K]     arms x seeds as runs; again: resumes; --root alone too
+  sweep    report ROOT [--baseline ARM] [--metric KEY]   statistics over seeds, verdicts, plots"""
 
 
 def _need(FLAGS: flags.FlagValues, name: str, example: str) -> str:
@@ -61,20 +65,26 @@ def _prepare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import metrics, train
+    from minigpt_jax import config as config_lib
+    from minigpt_jax import metrics, train, workdir
 
-    config = _config(FLAGS)
-    workdir = _need(FLAGS, "workdir", "e.g. --workdir runs/cpu")
-    results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
-    if results["stopped_by"]:
+    run_dir = _need(FLAGS, "workdir", "e.g. --workdir runs/cpu")
+    if FLAGS.config is None and (pathlib.Path(run_dir) / workdir.CONFIG_FILE).is_file():
+        config = config_lib.from_saved(workdir.read_config(run_dir))  # the run's own config
+    else:
+        config = _config(FLAGS)
+    results = train.train_and_evaluate(config, run_dir, overwrite=FLAGS.overwrite)
+    if results["stopped_by"] == "target":
+        print(f"done at the target, step {results['step']}: {metrics.describe_eval(results)}")
+    elif results["stopped_by"]:
         again = " ".join(a for a in argv if a != "--overwrite")  # the resume repeats this line
         saved = "with a checkpoint" if results["step"] else "before training, nothing to save"
         print(
             f"stopped by {results['stopped_by']} at step {results['step']} {saved}; "
             f"resume with: minigpt {again}"
         )
-        return
-    print(f"done: {metrics.describe_eval(results)}; run in {workdir}")
+    else:
+        print(f"done: {metrics.describe_eval(results)}; run in {run_dir}")
 
 
 def _eval(FLAGS: flags.FlagValues, argv: list[str]) -> None:
@@ -118,8 +128,11 @@ def _bench_train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import report
+    from minigpt_jax import report, sweep, sweep_report
 
+    if len(argv) == 1 and (pathlib.Path(argv[0]) / sweep.MANIFEST).is_file():  # a sweep root
+        print(sweep_report.report(argv[0], FLAGS.out if FLAGS["out"].present else None), end="")
+        return
     print(report.report(argv, FLAGS.out), end="")
     print(f"(written to {FLAGS.out}/report.md and {FLAGS.out}/val_curves.png)")
 
@@ -147,6 +160,37 @@ def _compare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     )  # fmt: skip
 
 
+def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
+    from minigpt_jax import sweep, sweep_report, sweep_spec
+
+    root = pathlib.Path(_need(FLAGS, "root", "e.g. --root runs/act"))
+    old = sweep.read_manifest(root)
+    config = _config(FLAGS) if FLAGS.config is not None or old is None else None
+    seeds = FLAGS.seeds if FLAGS["seeds"].present else None
+    base, arms, seeds = sweep_spec.resolve(config, old, FLAGS.grid, FLAGS.sweep, seeds)
+    named = [b if a == "--config" else a[9:] for a, b in zip(argv, argv[1:] + [""])
+             if a == "--config" or a.startswith("--config=")]  # fmt: skip
+    source = {"config": named[-1] if named else None,
+              "overrides": [a for a in argv if a.startswith("--config.")]}  # fmt: skip
+    manifest = sweep.plan(root, base, arms, seeds, source, FLAGS.baseline)
+    counts = sweep.sweep(
+        root, manifest, parallel=FLAGS.parallel, cpu_devices=FLAGS.cpu_devices,
+        retry_failed=FLAGS.retry_failed,
+    )  # fmt: skip
+    if counts.get("done"):
+        print(sweep_report.report(root), end="")
+    print(sweep.describe(root, counts))
+    if counts.get("failed"):
+        raise RunStopped(f"{counts['failed']} run(s) failed; their errors are in {root}/report.md")
+
+
+def _sweep_report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
+    from minigpt_jax import sweep_report
+
+    root = argv[0] if argv else _need(FLAGS, "root", "minigpt sweep report ROOT")
+    print(sweep_report.report(root, FLAGS.out, baseline=FLAGS.baseline, sort_by=FLAGS.metric))
+
+
 # Each command's handler and how many positional arguments it takes (None: any number).
 COMMANDS = {
     "prepare": (_prepare, 0),
@@ -158,8 +202,15 @@ COMMANDS = {
     "report": (_report, None),
     "convert": (_convert, 1),
     "compare": (_compare, 0),
+    "sweep": (_sweep, 0),
+    "sweep report": (_sweep_report, 1),
 }
-JAX_FREE = ("prepare", "report")  # the rest compile: they use the persistent cache
+JAX_FREE = (
+    "prepare",
+    "report",
+    "sweep",
+    "sweep report",
+)  # sweep: its runs start jax  # the rest compile: they use the persistent cache
 BENCHMARKS = ("sample", "train")  # `minigpt bench WHAT`
 
 
@@ -176,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         command, rest = f"bench {what}", rest[1:]
+    elif command == "sweep" and rest[:1] == ["report"]:
+        command, rest = "sweep report", rest[1:]
     if command not in COMMANDS:
         print(f"minigpt: unknown command {command!r}; use one of {', '.join(cli_flags.DEFINE)}",
               file=sys.stderr)  # fmt: skip
@@ -207,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             startup.split_cpu(FLAGS.cpu_devices)
         if command not in JAX_FREE:
             startup.compilation_cache()
-        run(FLAGS, argv[1:] if command == "train" else extra)
+        run(FLAGS, argv[1:] if command in ("train", "sweep") else extra)
     except UsageError as e:
         print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -233,6 +233,43 @@ def compare(f: flags.FlagValues, argv: list[str]) -> None:
     _torch_threads(f)
 
 
+def sweep(f: flags.FlagValues, argv: list[str]) -> None:
+    _config(f, argv)
+    flags.DEFINE_string(
+        "root",
+        None,
+        "The sweep's folder: sweep.json and a workdir per arm and seed.",
+        flag_values=f,
+    )
+    flags.DEFINE_multi_string(
+        "grid", [], "section.field=v1,v2 (repeat for a product of fields).", flag_values=f
+    )
+    flags.DEFINE_string(
+        "sweep", None, "A Python file whose get_sweep() lists the arms (dicts of overrides).",
+        flag_values=f,
+    )  # fmt: skip
+    flags.DEFINE_string("seeds", "3", "A count N (seeds 0..N-1) or a list 0,5,7.", flag_values=f)
+    flags.DEFINE_integer(
+        "parallel", 1, "Runs at once, each on its share of the CPU cores (or GPUs).",
+        lower_bound=1, flag_values=f,
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "baseline", None, "The arm others are compared with (default: the first).", flag_values=f
+    )
+    flags.DEFINE_bool("retry_failed", False, "Run failed runs again.", flag_values=f)
+    _cpu_devices(f)
+
+
+def sweep_report(f: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("out", None, "Folder for the report (default: the root).", flag_values=f)
+    flags.DEFINE_string(
+        "baseline", None, "The arm others are compared with (default: the sweep's).", flag_values=f
+    )
+    flags.DEFINE_string(
+        "metric", "final_val_loss_full", "summary.json key to sort and test by.", flag_values=f
+    )
+
+
 DEFINE: dict[str, Callable[[flags.FlagValues, list[str]], None]] = {
     "prepare": prepare,
     "train": train,
@@ -243,6 +280,8 @@ DEFINE: dict[str, Callable[[flags.FlagValues, list[str]], None]] = {
     "report": report,
     "convert": convert,
     "compare": compare,
+    "sweep": sweep,
+    "sweep report": sweep_report,
 }
 
 

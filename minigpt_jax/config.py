@@ -95,6 +95,10 @@ def base_config() -> config_dict.ConfigDict:
     # With skip_nonfinite: a run that skipped more than this fraction of its updates ends with
     # exit 1 (its checkpoints kept): it trained on what was left, which is not the recipe.
     c.train.skip_nonfinite_limit = 0.01
+    # A race: the first eval whose full-val loss is at or below this is recorded in summary.json
+    # (step, tokens, seconds), and with stop_at_target the run ends there. 0: no target.
+    c.train.target_val_loss = 0.0
+    c.train.stop_at_target = True
 
     c.sample = config_dict.ConfigDict()  # written to <workdir>/samples/ at every eval
     c.sample.prompt = "\n"  # nanoGPT's sample.py starts from a newline
@@ -202,6 +206,8 @@ def validate(c: Any) -> None:
         raise UsageError(
             f"train.skip_nonfinite_limit must be in [0, 1], got {t.skip_nonfinite_limit}"
         )
+    if not t.target_val_loss >= 0:
+        raise UsageError(f"train.target_val_loss must be >= 0 (0: none), got {t.target_val_loss}")
     _choice(c, "train.init_from", INIT_FROM)
     _choice(c, "data.sampling", SAMPLINGS)
     _choice(c, "opt.schedule", optimizer.SCHEDULES)

@@ -6,6 +6,7 @@ import json
 import math
 import pathlib
 import sys
+import time
 from typing import Any
 
 import tqdm
@@ -44,15 +45,21 @@ class MetricsWriter:
         total: int,
         resume_step: int | None = None,
         enabled: bool = True,
+        started: float | None = None,
     ):
         """A fresh run starts empty records. A resumed run keeps those of steps <= resume_step
-        and drops later ones (it redoes them), so its records equal an uninterrupted run's."""
+        and drops later ones (it redoes them), so its records equal an uninterrupted run's.
+        Each record gets `time` (unix seconds) and `elapsed_s`: seconds since this process
+        started the run (perf_counter `started`), plus the last kept record's, across resumes."""
         initial = -1 if resume_step is None else resume_step
         self.enabled = enabled
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self._file = self._tb = None
+        self._started = time.perf_counter() if started is None else started
+        self._elapsed_before = 0.0
         if enabled:
             kept = [r for r in read_metrics(workdir) if r["step"] <= initial]
+            self._elapsed_before = max((r.get("elapsed_s", 0.0) for r in kept), default=0.0)
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
             self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
             SummaryWriter = _summary_writer_class()  # deferred: slow import, process 0 only
@@ -73,7 +80,8 @@ class MetricsWriter:
         """kind is 'train' or 'eval'; values are plain Python numbers."""
         if not self.enabled:
             return
-        record = {"kind": kind, "step": step, **values}
+        elapsed = self._elapsed_before + time.perf_counter() - self._started
+        record = {"kind": kind, "step": step, **values, "time": time.time(), "elapsed_s": elapsed}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for name, value in values.items():
@@ -225,57 +233,3 @@ def save_figure(fig: Any, out: pathlib.Path) -> pathlib.Path:
     plt.close(fig)
     tmp.replace(out)
     return out
-
-
-SUMMARY_FILE = "summary.json"
-
-
-def write_summary(
-    workdir: str | pathlib.Path, *, params: dict, tokens_per_step: int, wall_s: float
-) -> dict:
-    """workdir/summary.json: the run at a glance, derived from metrics.jsonl and the machine."""
-    import platform
-    import statistics
-    import subprocess
-
-    import flax
-    import jax
-
-    records = read_metrics(workdir)
-    evals = [r for r in records if r["kind"] == "eval"]
-    trains = [r for r in records if r["kind"] == "train"]
-    scored = [r for r in evals if "val_loss" in r]
-    best = min(scored, key=lambda r: r["val_loss"]) if scored else {}
-    last = evals[-1] if evals else {}
-    step = max((r["step"] for r in records), default=0)
-    try:  # the code's version, when it runs from a git checkout
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-            cwd=pathlib.Path(__file__).parent,
-        ).stdout.strip() or None  # fmt: skip
-    except OSError:
-        commit = None
-    summary = {
-        "step": step,
-        "tokens_seen": step * tokens_per_step,
-        "tokens_per_step": tokens_per_step,
-        "best_val_loss": best.get("val_loss"),
-        "best_step": best.get("step"),
-        "final_train_loss": last.get("train_loss"),
-        "final_val_loss": last.get("val_loss"),
-        "final_val_loss_full": last.get("val_loss_full"),
-        "final_val_bpc": last.get("val_bpc"),
-        # The first logged interval includes compilation; the median leaves it out.
-        "median_ms_per_iter": statistics.median(r["ms_per_iter"] for r in trains[1:])
-        if len(trains) > 1
-        else None,
-        "wall_s": wall_s,  # this process, start-up and evals included (not summed over resumes)
-        "params": params,
-        "device_kind": jax.devices()[0].device_kind,
-        "device_count": jax.device_count(),
-        "host": platform.node(),
-        "versions": {"jax": jax.__version__, "flax": flax.__version__},
-        "git_commit": commit,
-    }
-    atomic_write_bytes(pathlib.Path(workdir) / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
-    return summary

@@ -9,6 +9,7 @@ from typing import Any
 from minigpt_jax import metrics
 from minigpt_jax.errors import UsageError
 from minigpt_jax.files import atomic_write_bytes, make_dir
+from minigpt_jax.summary import SUMMARY_FILE
 
 COLUMNS = (  # (header, summary key or a function of the run)
     ("run", lambda r: r["name"]),
@@ -45,7 +46,7 @@ def load_run(workdir: str | pathlib.Path) -> dict[str, Any]:
     records = metrics.read_metrics(path)
     if not records:
         raise UsageError(f"{workdir} has no {metrics.METRICS_FILE}: pass `minigpt train` workdirs")
-    summary_path = path / metrics.SUMMARY_FILE
+    summary_path = path / SUMMARY_FILE
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     except (OSError, ValueError):

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax import checkpoint, data, faults, files, metrics, sharding
+from minigpt_jax import checkpoint, data, faults, files, metrics, sharding, summary
 from minigpt_jax import config as config_lib
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import run as run_lib
@@ -32,7 +32,8 @@ def train_and_evaluate(
     cfg: Any, workdir: str | pathlib.Path, *, overwrite: bool = False
 ) -> dict[str, Any]:
     """Trains cfg in workdir, resuming from its newest readable checkpoint. Returns the last
-    eval metrics plus 'step' and 'stopped_by' (a signal name, or None when it ran to the end)."""
+    eval metrics plus 'step' and 'stopped_by' (a signal name, 'target' when it reached
+    train.target_val_loss, or None when it ran to max_iters)."""
     if "://" in str(workdir):
         raise UsageError(f"--workdir {workdir}: only local or shared-filesystem paths work so far")
     workdir = pathlib.Path(workdir)
@@ -125,6 +126,7 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
                 total=t.max_iters,
                 resume_step=int(state.step) if resume else None,
                 enabled=is_main,
+                started=started,
             )
             try:
                 with run.activate():
@@ -150,9 +152,10 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
         metrics.plot_losses(workdir, run.tokens_per_step)
         params = {"nanogpt_count": nano, "total": total}
         wall_s = time.perf_counter() - started
-        metrics.write_summary(
-            workdir, params=params, tokens_per_step=run.tokens_per_step, wall_s=wall_s
-        )
+        summary.write_summary(
+            workdir, params=params, tokens_per_step=run.tokens_per_step, wall_s=wall_s,
+            stopped_by=results["stopped_by"], target=t.target_val_loss,
+        )  # fmt: skip
     if t.skip_nonfinite and results["skipped"] > t.skip_nonfinite_limit * results["step"]:
         raise RunStopped(
             f"{results['skipped']} of {results['step']} updates were skipped as non-finite, over "
@@ -212,10 +215,16 @@ def _loop(
             values["nonfinite_skipped"] = skipped
             writer.write("train", step, values)
 
+    def at_target(results: dict) -> bool:
+        return t.stop_at_target and summary.target_reached(results, t.target_val_loss)
+
     try:
+        if at_target(results):  # step 0's eval, or a resumed run that already got there
+            writer.log(f"step {start}: full val {results['val_loss_full']:.4f} is at the target")
+            return {**results, "step": start, "stopped_by": summary.TARGET_STOP, "skipped": skipped}
         if stop.asked():  # before the first step: step 0 is the seed's init, a later one is saved
             writer.log(f"stopped by {stop.name()} at step {start}, before its first step")
-            return {**results, "step": start, "stopped_by": stop.name()}
+            return {**results, "step": start, "stopped_by": stop.name(), "skipped": skipped}
         for step in range(start + 1, t.max_iters + 1):
             state, step_metrics = train_step(state, train_batch(step - 1), dropout_rng)
             # Read the previous step's metrics only now: the device is already busy with this one.
@@ -237,6 +246,18 @@ def _loop(
                 faults.ensure_room(ckpt, state)
                 ckpt.save(step, state, step_meta)
                 last_time, last_step = time.perf_counter(), step  # evals are not train time
+            if evaluating and at_target(results):
+                ckpt.wait()
+                writer.log(
+                    f"step {step}: full val {results['val_loss_full']:.4f} reached the target "
+                    f"train.target_val_loss={t.target_val_loss}; stopping"
+                )
+                return {
+                    **results,
+                    "step": step,
+                    "stopped_by": summary.TARGET_STOP,
+                    "skipped": skipped,
+                }
             if stopping:
                 ckpt.wait()
                 name = signal.Signals(stop.signum).name if stop.signum else "preemption"

@@ -84,6 +84,15 @@ def read_run_files(workdir: str | pathlib.Path) -> tuple[dict, dict]:
     return config, meta
 
 
+def read_config(workdir: str | pathlib.Path) -> dict:
+    """A workdir's config.json alone (a sweep writes it before the run's first start)."""
+    workdir = pathlib.Path(workdir)
+    config = _read_json(workdir, CONFIG_FILE)
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise UsageError(f"{workdir / CONFIG_FILE} is not a run's config (no model section)")
+    return config
+
+
 def _read_json(workdir: pathlib.Path, name: str) -> Any:
     path = workdir / name
     if not path.exists():

@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 import struct
+import time
 
 import pytest
 from tensorboardX.proto import event_pb2
@@ -24,10 +25,14 @@ def _eval(train_loss=2.4, val_loss=None):
     return r
 
 
-def _lines(workdir) -> list[dict]:
+def _lines(workdir, clock: bool = False) -> list[dict]:
+    """The records; without their clock fields (time, elapsed_s) unless clock, checked there."""
     text = (pathlib.Path(workdir) / metrics.METRICS_FILE).read_text()
     assert text.endswith("\n")
-    return [json.loads(line) for line in text.splitlines()]
+    records = [json.loads(line) for line in text.splitlines()]
+    for r in records if not clock else ():
+        assert r.pop("time") > 1.7e9 and r.pop("elapsed_s") >= 0
+    return records
 
 
 def _events(workdir) -> list:
@@ -68,6 +73,21 @@ def test_writer_appends_one_json_line_per_record(tmp_path, capsys):
         {"kind": "train", "step": 1, **_train(loss=2.5)},
         {"kind": "eval", "step": 2, **_eval(2.4, 2.6)},
     ]
+
+
+def test_elapsed_seconds_run_on_across_a_resume(tmp_path):
+    """elapsed_s counts from the writer's `started` and goes on from the last kept record."""
+    w = metrics.MetricsWriter(tmp_path, total=10, started=time.perf_counter() - 100)
+    for s in range(4):
+        w.write("train", s, _train())
+    w.close()
+    first = [r["elapsed_s"] for r in _lines(tmp_path, clock=True)]
+    assert 100 <= first[0] <= first[-1] < 160
+    w = metrics.MetricsWriter(tmp_path, total=10, resume_step=1, started=time.perf_counter() - 5)
+    w.write("train", 2, _train())
+    w.close()
+    again = [r["elapsed_s"] for r in _lines(tmp_path, clock=True)]
+    assert again[:2] == first[:2] and first[1] + 5 <= again[2] < first[1] + 60
 
 
 def test_writer_mirrors_finite_scalars_to_tensorboard(tmp_path):
@@ -203,46 +223,6 @@ def test_resuming_after_a_line_cut_short_drops_it(tmp_path):
 def _records_by_hand(workdir, records):
     text = "".join(json.dumps(r) + "\n" for r in records)
     (pathlib.Path(workdir) / metrics.METRICS_FILE).write_text(text)
-
-
-def test_write_summary_finds_the_best_and_final_values(tmp_path):
-    _records_by_hand(
-        tmp_path,
-        [
-            {"kind": "eval", "step": 0, **_eval(4.0, 4.1)},
-            {"kind": "train", "step": 10, **_train(ms=1000.0)},  # includes compilation
-            {"kind": "train", "step": 20, **_train(ms=10.0)},
-            {"kind": "eval", "step": 20, **_eval(3.0, 2.9)},
-            {"kind": "train", "step": 30, **_train(ms=14.0)},
-            {"kind": "train", "step": 40, **_train(ms=12.0)},
-            {"kind": "eval", "step": 40, **_eval(2.8, 3.2)},  # overfit: worse val than step 20
-        ],
-    )
-    params = {"total": 1234}
-    s = metrics.write_summary(tmp_path, params=params, tokens_per_step=64, wall_s=5.5)
-    assert s["step"] == 40 and s["tokens_seen"] == 40 * 64 and s["tokens_per_step"] == 64
-    assert (s["best_val_loss"], s["best_step"]) == (2.9, 20)
-    assert s["final_train_loss"] == 2.8 and s["final_val_loss"] == 3.2
-    assert s["final_val_loss_full"] == pytest.approx(3.21)
-    assert s["final_val_bpc"] == pytest.approx(3.2 / 0.69)
-    assert s["median_ms_per_iter"] == 12.0  # of 10, 14, 12: the first record left out
-    assert s["wall_s"] == 5.5 and s["params"] == params and s["device_count"] >= 1
-    assert json.loads((tmp_path / metrics.SUMMARY_FILE).read_text()) == s
-
-
-def test_write_summary_without_a_val_split_or_a_second_train_record(tmp_path):
-    _records_by_hand(
-        tmp_path,
-        [
-            {"kind": "train", "step": 5, **_train(ms=1000.0)},
-            {"kind": "eval", "step": 5, **_eval(3.5)},
-        ],
-    )
-    s = metrics.write_summary(tmp_path, params={}, tokens_per_step=8, wall_s=1.0)
-    assert s["best_val_loss"] is None and s["best_step"] is None
-    assert s["final_train_loss"] == 3.5 and s["final_val_loss"] is None
-    assert s["median_ms_per_iter"] is None  # one record is all compilation
-    assert s["step"] == 5 and s["tokens_seen"] == 40
 
 
 def test_describe_eval_with_a_val_split():

@@ -10,6 +10,7 @@ import pathlib
 import pytest
 
 from minigpt_jax import metrics, report
+from minigpt_jax.summary import SUMMARY_FILE
 from minigpt_jax.errors import UsageError
 
 
@@ -21,7 +22,7 @@ def _run(root: pathlib.Path, name: str, evals: list[dict], summary: dict | None)
     records += [{"kind": "eval", **r} for r in evals]
     (path / metrics.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     if summary is not None:
-        (path / metrics.SUMMARY_FILE).write_text(json.dumps(summary))
+        (path / SUMMARY_FILE).write_text(json.dumps(summary))
     return path
 
 
@@ -136,8 +137,8 @@ def test_a_dir_without_metrics_is_a_usage_error_and_nothing_is_written(two_runs,
 
 def test_an_unreadable_summary_is_a_usage_error_naming_it(two_runs, tmp_path):
     small, big = two_runs
-    (big / metrics.SUMMARY_FILE).write_text('{"step": 50')  # cut short
+    (big / SUMMARY_FILE).write_text('{"step": 50')  # cut short
     with pytest.raises(UsageError, match=r"summary\.json is unreadable; rerun or delete it") as e:
         report.report([str(small), str(big)], tmp_path / "out")
-    assert str(big / metrics.SUMMARY_FILE) in str(e.value) and "\n" not in str(e.value)
+    assert str(big / SUMMARY_FILE) in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()

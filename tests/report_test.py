@@ -10,8 +10,8 @@ import pathlib
 import pytest
 
 from minigpt_jax import metrics, report
-from minigpt_jax.summary import SUMMARY_FILE
 from minigpt_jax.errors import UsageError
+from minigpt_jax.summary import SUMMARY_FILE
 
 
 def _run(root: pathlib.Path, name: str, evals: list[dict], summary: dict | None) -> pathlib.Path:

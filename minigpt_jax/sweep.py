@@ -144,7 +144,7 @@ class Launcher:
         for proc, _ in self.active.values():
             proc.send_signal(forward)
 
-    def run(self, parallel: int, cpu_devices: int | None, retry_failed: bool) -> dict[str, int]:
+    def run(self, free: list[Slot], cpu_devices: int | None, retry_failed: bool) -> dict[str, int]:
         runs = self.manifest["runs"]
         todo = []
         for rid, record in runs.items():
@@ -155,7 +155,6 @@ class Launcher:
                 continue
             else:
                 todo.append(rid)
-        free = slots(parallel)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while (todo and not self.signals) or self.active:
@@ -199,6 +198,8 @@ class Launcher:
                 preexec_fn=_child_setup(slot.cores),
             )  # fmt: skip
         self.active[rid] = (proc, slot)
+        if self.signals:  # a stop asked for while it was starting: it missed the forward
+            proc.send_signal(signal.SIGTERM)
         record.update(state="running", started=time.time(), pid=proc.pid)
         record["attempts"] = record.get("attempts", 0) + 1
         write_manifest(self.root, self.manifest)
@@ -268,10 +269,11 @@ def sweep(
     """Runs the manifest's runs under root (locked against a second sweep); returns the count
     of runs per state."""
     root = pathlib.Path(root)
+    free = slots(parallel)  # checked before anything is written
     make_dir(root, "--root")
     with lock_lib.WorkdirLock(root, log):
         for record in manifest["runs"].values():
             if record["state"] == "running":  # its sweep was killed: it resumes
                 record["state"] = "stopped"
         write_manifest(root, manifest)
-        return Launcher(root, manifest, log).run(parallel, cpu_devices, retry_failed)
+        return Launcher(root, manifest, log).run(free, cpu_devices, retry_failed)

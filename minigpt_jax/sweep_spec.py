@@ -57,7 +57,7 @@ def typed(c: config_dict.ConfigDict, field: str, value: Any) -> Any:
                 value = kind(text)
         except (TypeError, ValueError):
             raise UsageError(
-                f"sweep: {field}={value!r} is not a {kind.__name__} (the field's type)"
+                f"sweep: {field}={value!r} is not of the field's type, {kind.__name__}"
             ) from None
     probe = copy.deepcopy(node)  # ConfigDict's own check: int -> float is fine, str -> int is not
     try:

@@ -15,6 +15,8 @@ OWN = {
     "report": ("--out",),
     "convert": ("--from", "--to", "--meta", "--n_head"),
     "compare": ("--out_dir", "--sample_tokens", "--torch_threads"),
+    "sweep": ("--config", "--root", "--grid", "--sweep", "--seeds", "--parallel", "--baseline"),
+    "sweep report": ("--baseline", "--metric", "--out"),
 }
 
 
@@ -27,6 +29,7 @@ FOREIGN = {  # flags of other commands that must not leak into this one
     "sample": ("--config", "--meta", "--steps"),
     "eval": ("--config", "--prompt", "--overwrite"),
     "report": ("--workdir", "--config"),
+    "sweep report": ("--grid", "--config", "--seeds"),
 }
 
 

@@ -4,6 +4,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,15 @@ def test_report_tables_runs_and_overlays_their_curves(smoke_run, tmp_path, capsy
     assert f"| {summary['final_val_bpc']:.4f} |" in rows[0] and "| 150 |" in rows[0]
     assert (out / "report.md").read_text() in printed
     assert (out / "val_curves.png").stat().st_size > 1000
+
+
+def test_train_with_a_workdir_alone_resumes_with_its_own_config(smoke_run, monkeypatch, capsys):
+    """What `minigpt sweep` runs: `train --workdir W` reads W/config.json (no --config)."""
+    shutil.copytree(smoke_run / "run", smoke_run / "alone")
+    monkeypatch.chdir(smoke_run)  # the run's data.dir is relative to it
+    assert cli.main(["minigpt", "train", "--workdir", "alone"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "(step 150)" in out and "done:" in out
 
 
 def test_every_run_writes_samples_and_a_curve_with_lr_and_tokens(smoke_run):
@@ -229,6 +239,9 @@ def _bad_inputs(tmp, smoke_dir):
         (["sample", "--workdir", "afile"], "afile is a file, not a run folder"),
         (["eval", "--workdir", "afile"], "afile is a file, not a run folder"),
         (["train", "--config", "noget.py", "--workdir", "w"], "noget.py has no get_config(arg)"),
+        # Issue 16: a target, and a workdir's own config.json.
+        ([*train, data_flag, "--config.train.target_val_loss=-1"], "train.target_val_loss must"),
+        (["train", "--workdir", "listconfig"], "config.json is not a run's config"),
     ]
 
 

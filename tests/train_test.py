@@ -1,5 +1,6 @@
 """The training loop over a Run: evals, checkpoints, records, and a stop that saves."""
 
+import copy
 import json
 import os
 import re
@@ -52,6 +53,30 @@ def test_a_stop_request_saves_a_checkpoint_and_says_by_what(data_dir, tmp_path, 
     results = train.train_and_evaluate(_config(data_dir), tmp_path / "run")
     assert results["step"] == 7 and results["stopped_by"] == "SIGTERM"
     assert checkpoint.Checkpointer(tmp_path / "run").steps() == [7]
+
+
+def test_a_run_stops_at_its_target_and_records_when_it_got_there(tiny_run, tmp_path):
+    """train.target_val_loss: the first eval at or below it ends the run (resumes stay there);
+    with stop_at_target=False the run goes on and the summary still says when it got there."""
+    workdir, c = tiny_run
+    evals = [r for r in metrics.read_metrics(workdir) if r["kind"] == "eval"]
+    target = next(r for r in evals if r["step"] == 4)["val_loss_full"]
+    assert evals[1]["step"] == 4 and evals[0]["val_loss_full"] > target  # step 0 is above it
+    c = copy.deepcopy(c)
+    c.train.target_val_loss = target
+    results = train.train_and_evaluate(c, tmp_path / "stop")
+    assert (results["step"], results["stopped_by"]) == (4, "target")
+    s = json.loads((tmp_path / "stop/summary.json").read_text())
+    assert (s["finished"], s["stopped_by"], s["target_reached"]) == (True, "target", True)
+    assert (s["target_step"], s["target_tokens"]) == (4, 4 * 4 * 8) and s["target_s"] > 0
+    again = train.train_and_evaluate(c, tmp_path / "stop")  # a resume: already there
+    assert (again["step"], again["stopped_by"]) == (4, "target")
+    assert checkpoint.Checkpointer(tmp_path / "stop").steps() == [4]
+    c.train.stop_at_target = False
+    results = train.train_and_evaluate(c, tmp_path / "on")
+    s = json.loads((tmp_path / "on/summary.json").read_text())
+    assert (results["step"], results["stopped_by"]) == (8, None)
+    assert (s["target_step"], s["finished"]) == (4, True)
 
 
 def test_refuses_a_bad_config_before_touching_the_workdir(data_dir, tmp_path):

@@ -65,8 +65,8 @@ def _prepare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
+    from minigpt_jax import clock, metrics, train, workdir
     from minigpt_jax import config as config_lib
-    from minigpt_jax import metrics, train, workdir
 
     run_dir = _need(FLAGS, "workdir", "e.g. --workdir runs/cpu")
     if FLAGS.config is None and (pathlib.Path(run_dir) / workdir.CONFIG_FILE).is_file():
@@ -74,6 +74,8 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     else:
         config = _config(FLAGS)
     results = train.train_and_evaluate(config, run_dir, overwrite=FLAGS.overwrite)
+    if results.get("wall"):
+        print(clock.describe(results["wall"]))
     if results["stopped_by"] == "target":
         print(f"done at the target, step {results['step']}: {metrics.describe_eval(results)}")
     elif results["stopped_by"]:
@@ -168,11 +170,7 @@ def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     config = _config(FLAGS) if FLAGS.config is not None or old is None else None
     seeds = FLAGS.seeds if FLAGS["seeds"].present else None
     base, arms, seeds = sweep_spec.resolve(config, old, FLAGS.grid, FLAGS.sweep, seeds)
-    named = [b if a == "--config" else a[9:] for a, b in zip(argv, argv[1:] + [""])
-             if a == "--config" or a.startswith("--config=")]  # fmt: skip
-    source = {"config": named[-1] if named else None,
-              "overrides": [a for a in argv if a.startswith("--config.")]}  # fmt: skip
-    manifest = sweep.plan(root, base, arms, seeds, source, FLAGS.baseline)
+    manifest = sweep.plan(root, base, arms, seeds, sweep_spec.source(argv), FLAGS.baseline)
     counts = sweep.sweep(
         root, manifest, parallel=FLAGS.parallel, cpu_devices=FLAGS.cpu_devices,
         retry_failed=FLAGS.retry_failed,
@@ -187,7 +185,9 @@ def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 def _sweep_report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     from minigpt_jax import sweep_report
 
-    root = argv[0] if argv else _need(FLAGS, "root", "minigpt sweep report ROOT")
+    if not argv:
+        raise UsageError("name the sweep: minigpt sweep report ROOT [--baseline ARM]")
+    root = argv[0]
     print(sweep_report.report(root, FLAGS.out, baseline=FLAGS.baseline, sort_by=FLAGS.metric))
 
 

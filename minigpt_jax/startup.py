@@ -8,8 +8,13 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import time
 
 from minigpt_jax.errors import UsageError
+
+# When the process began, near enough: the CLI imports this module before any heavy one, and
+# a run's wall breakdown (clock.py) counts its start-up from here.
+STARTED = time.perf_counter()
 
 
 def split_cpu(n: int) -> None:

@@ -42,9 +42,11 @@ def write_summary(
     wall_s: float,
     stopped_by: str | None = None,
     target: float = 0.0,
+    wall: dict[str, float] | None = None,
 ) -> dict:
     """Writes and returns workdir/summary.json. stopped_by: None (ran to max_iters), 'target',
-    or the signal that stopped it; `finished` is true for the first two."""
+    or the signal that stopped it; `finished` is true for the first two. wall: clock.py's
+    breakdown of this process's time."""
     import platform
     import subprocess
 
@@ -82,7 +84,8 @@ def write_summary(
         **race(records, target, tokens_per_step),
         "median_ms_per_iter": ms,
         "tokens_per_s": tokens_per_step / ms * 1000 if ms else None,
-        "wall_s": wall_s,  # this process, start-up and evals included (not summed over resumes)
+        "wall_s": wall_s,  # this process from its data on (not summed over resumes)
+        "wall": wall,  # this process's seconds per phase, from its start (clock.py)
         "elapsed_s": records[-1].get("elapsed_s") if records else None,  # over resumes
         "params": params,
         "device_kind": jax.devices()[0].device_kind,

@@ -152,6 +152,15 @@ def run_config(c: config_dict.ConfigDict, arm: Arm, seed: int) -> config_dict.Co
     return out
 
 
+def source(argv: list[str]) -> dict[str, Any]:
+    """For the manifest: the --config a command named and its --config.* overrides."""
+    named = [b if a == "--config" else a.removeprefix("--config=")
+             for a, b in zip(argv, [*argv[1:], ""])
+             if a == "--config" or a.startswith("--config=")]  # fmt: skip
+    overrides = [a for a in argv if a.startswith("--config.")]
+    return {"config": named[-1] if named else None, "overrides": overrides}
+
+
 def parse_seeds(text: str) -> list[int]:
     """--seeds: 'N' is seeds 0..N-1; 'a,b,c' names them."""
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax import checkpoint, data, faults, files, metrics, sharding, summary
+from minigpt_jax import checkpoint, clock, data, faults, files, metrics, sharding, startup, summary
 from minigpt_jax import config as config_lib
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import run as run_lib
@@ -128,6 +128,9 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
                 enabled=is_main,
                 started=started,
             )
+            timer = clock.Clock()
+            timer.seconds["startup"] = time.perf_counter() - startup.STARTED
+            loop_started = time.perf_counter()
             try:
                 with run.activate():
                     results = _loop(
@@ -143,18 +146,23 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
                         tokens_per_step=run.tokens_per_step,
                         skipped=skipped,
                         last_eval=last_eval,
+                        timer=timer,
                     )
             finally:
                 writer.close()
+                loop_s = time.perf_counter() - loop_started
         finally:
-            faults.close(ckpt)  # waits for the save in flight; no orbax thread outlives a failure
+            with timer("checkpoint"):  # the save in flight
+                faults.close(ckpt)  # waits for it; no orbax thread outlives a failure
     if is_main:
-        metrics.plot_losses(workdir, run.tokens_per_step)
+        with timer("end"):
+            metrics.plot_losses(workdir, run.tokens_per_step)
+        results["wall"] = timer.breakdown(loop_s)
         params = {"nanogpt_count": nano, "total": total}
         wall_s = time.perf_counter() - started
         summary.write_summary(
             workdir, params=params, tokens_per_step=run.tokens_per_step, wall_s=wall_s,
-            stopped_by=results["stopped_by"], target=t.target_val_loss,
+            stopped_by=results["stopped_by"], target=t.target_val_loss, wall=results["wall"],
         )  # fmt: skip
     if t.skip_nonfinite and results["skipped"] > t.skip_nonfinite_limit * results["step"]:
         raise RunStopped(
@@ -179,16 +187,19 @@ def _loop(
     tokens_per_step: int,
     skipped: int,
     last_eval: dict[str, float],
+    timer: clock.Clock,
 ) -> dict[str, Any]:
     """Steps from state.step to max_iters; evaluates, checkpoints, and stops when asked."""
     start = int(state.step)
     results = dict(last_eval)
     stop = StopRequest()  # inside train's: it carries a stop asked for since the lock was taken
     if start == 0 and not stop.asked():
-        results = run_eval(state.params, step=0)
+        with timer("eval"):
+            results = run_eval(state.params, step=0)
         writer.write("eval", 0, results)
         if draw:
-            writer.write_samples(0, draw(state.params, 0))
+            with timer("samples"):
+                writer.write_samples(0, draw(state.params, 0))
     pending = None  # (step, device metrics) of the step dispatched last
     last_time, last_step = time.perf_counter(), start
 
@@ -226,7 +237,8 @@ def _loop(
             writer.log(f"stopped by {stop.name()} at step {start}, before its first step")
             return {**results, "step": start, "stopped_by": stop.name(), "skipped": skipped}
         for step in range(start + 1, t.max_iters + 1):
-            state, step_metrics = train_step(state, train_batch(step - 1), dropout_rng)
+            with timer("compile") if step == start + 1 else contextlib.nullcontext():
+                state, step_metrics = train_step(state, train_batch(step - 1), dropout_rng)
             # Read the previous step's metrics only now: the device is already busy with this one.
             if pending is not None:
                 flush(pending)
@@ -238,16 +250,20 @@ def _loop(
                 pending = None
                 step_meta = {"step": step, "nonfinite_skipped": skipped}
                 if evaluating:
-                    results = run_eval(state.params, step=step)
+                    with timer("eval"):
+                        results = run_eval(state.params, step=step)
                     writer.write("eval", step, results)
                     if draw:
-                        writer.write_samples(step, draw(state.params, step))
+                        with timer("samples"):
+                            writer.write_samples(step, draw(state.params, step))
                     step_meta.update(results)
-                faults.ensure_room(ckpt, state)
-                ckpt.save(step, state, step_meta)
+                with timer("checkpoint"):
+                    faults.ensure_room(ckpt, state)
+                    ckpt.save(step, state, step_meta)
                 last_time, last_step = time.perf_counter(), step  # evals are not train time
             if evaluating and at_target(results):
-                ckpt.wait()
+                with timer("checkpoint"):
+                    ckpt.wait()
                 writer.log(
                     f"step {step}: full val {results['val_loss_full']:.4f} reached the target "
                     f"train.target_val_loss={t.target_val_loss}; stopping"
@@ -259,7 +275,8 @@ def _loop(
                     "skipped": skipped,
                 }
             if stopping:
-                ckpt.wait()
+                with timer("checkpoint"):
+                    ckpt.wait()
                 name = signal.Signals(stop.signum).name if stop.signum else "preemption"
                 writer.log(f"stopped by {name} at step {step}; checkpoint saved")
                 return {**results, "step": step, "stopped_by": name, "skipped": skipped}

@@ -129,3 +129,10 @@ def test_seeds_are_a_count_or_a_list(text, seeds):
 def test_bad_seeds_are_one_usage_error(text):
     with pytest.raises(UsageError, match="--seeds"):
         sweep_spec.parse_seeds(text)
+
+
+def test_the_source_of_a_sweep_is_its_config_and_overrides():
+    argv = ["sweep", "--config", "c.py:cpu", "--root", "r", "--config.opt.lr=0.1", "--grid", "x"]
+    assert sweep_spec.source(argv) == {"config": "c.py:cpu", "overrides": ["--config.opt.lr=0.1"]}
+    assert sweep_spec.source(["--config=c.py"])["config"] == "c.py"
+    assert sweep_spec.source([]) == {"config": None, "overrides": []}

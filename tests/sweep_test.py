@@ -97,6 +97,7 @@ def test_slots_split_cores_or_gpus_between_runs():
         (["--grid", "model.activation=swish"], "sweep arm activation=swish: bad model config"),
         (["--grid", "opt.lr=1", "--seeds", "x"], "--seeds 'x'"),
         (["--grid", "opt.lr=1", "--parallel", "64"], "--parallel 64"),
+        (["--grid", "opt.lr=1", "--sweep", "f.py"], "not both"),
     ],
 )
 def test_bad_sweeps_are_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -104,6 +105,11 @@ def test_bad_sweeps_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = one_line_error(["sweep", "--config", SMOKE, "--root", str(root), *args], capsys)
     assert message in err
     assert not root.exists()  # nothing is written before every arm checks out
+
+
+def test_a_sweep_report_of_a_folder_without_a_manifest_is_one_line(tmp_path, capsys):
+    assert "holds no sweep.json" in one_line_error(["sweep", "report", str(tmp_path)], capsys)
+    assert "minigpt sweep report ROOT" in one_line_error(["sweep", "report"], capsys)
 
 
 def test_a_changed_grid_on_an_existing_root_is_one_line(tmp_path, capsys):

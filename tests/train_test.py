@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import ROOT, tiny_config
 
-from minigpt_jax import checkpoint, data, files, metrics, train
+from minigpt_jax import checkpoint, clock, data, files, metrics, train
 from minigpt_jax import lock as lock_lib
 from minigpt_jax.errors import UsageError
 
@@ -41,6 +41,12 @@ def test_trains_evaluates_and_checkpoints_on_schedule(data_dir, tmp_path):
     assert saved["model"]["vocab_size"] == 65 and saved["train"]["max_iters"] == 20
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["step"] == 20 and summary["tokens_seen"] == 20 * 4 * 8
+    # Where the wall went: every phase timed, and together they make up the process's time.
+    wall = summary["wall"]
+    assert wall == results["wall"] and set(wall) == {*clock.PHASES, "total"}
+    assert all(wall[p] > 0 for p in ("startup", "compile", "train", "eval", "checkpoint", "end"))
+    assert wall["samples"] == 0  # this config draws none
+    assert sum(wall[p] for p in clock.PHASES) == pytest.approx(wall["total"], abs=1.0)
 
 
 def test_a_stop_request_saves_a_checkpoint_and_says_by_what(data_dir, tmp_path, monkeypatch):

@@ -216,6 +216,7 @@ BENCHMARKS = ("sample", "train")  # `minigpt bench WHAT`
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    startup.join_sweep()  # a run started by `minigpt sweep`: its cores, and a stop if it dies
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if len(argv) >= 2 else 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -15,6 +16,28 @@ from minigpt_jax.errors import UsageError
 # When the process began, near enough: the CLI imports this module before any heavy one, and
 # a run's wall breakdown (clock.py) counts its start-up from here.
 STARTED = time.perf_counter()
+
+
+# Set by `minigpt sweep` for each run it starts (sweep_slots.Slot.env).
+SWEEP_PARENT = "MINIGPT_SWEEP_PARENT"  # the sweep's pid
+SWEEP_CORES = "MINIGPT_SWEEP_CORES"  # the cores this run may use, e.g. "0,1"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a process gets when its parent dies
+
+
+def join_sweep() -> None:
+    """A run started by `minigpt sweep` takes its share of the cores, and asks the kernel for a
+    SIGTERM when the sweep dies (SIGKILL included), so it saves and stops instead of training on
+    unwatched. Done here, in the run, rather than between fork and exec in the sweep."""
+    cores = os.environ.pop(SWEEP_CORES, "")
+    if cores:
+        os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
+    parent = os.environ.pop(SWEEP_PARENT, "")
+    if parent and sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != int(parent):  # the sweep died before the request was in place
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def split_cpu(n: int) -> None:

@@ -12,7 +12,6 @@ finished runs, resumes the stopped ones from their checkpoints and starts the re
 
 from __future__ import annotations
 
-import ctypes
 import json
 import pathlib
 import signal
@@ -35,7 +34,6 @@ from minigpt_jax.sweep_slots import Slot, slots
 
 MANIFEST = "sweep.json"
 LOG_FILE = "train.log"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a child gets when its parent dies
 LOCK_WAIT_S = 300  # how long a run's lock, held by an orphan of a killed sweep, is waited for
 
 
@@ -195,7 +193,6 @@ class Launcher:
             proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=slot.env(),
                 start_new_session=True,  # a terminal's Ctrl-C reaches the sweep only, once
-                preexec_fn=_child_setup(slot.cores),
             )  # fmt: skip
         self.active[rid] = (proc, slot)
         if self.signals:  # a stop asked for while it was starting: it missed the forward
@@ -222,22 +219,6 @@ class Launcher:
             record.update(state="failed", message=_last_line(workdir / LOG_FILE))
         write_manifest(self.root, self.manifest)
         self.log(f"{rid}: {record['state']}: {record['message']}")
-
-
-def _child_setup(cores: list[int] | None) -> Callable[[], None]:
-    """Runs in each child before exec: it gets SIGTERM if the sweep dies (SIGKILL included), so
-    no run trains on unwatched; and its share of the CPU cores."""
-    libc = ctypes.CDLL(None) if sys.platform == "linux" else None  # loaded before the fork
-
-    def setup() -> None:
-        if libc is not None:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if cores:
-            import os
-
-            os.sched_setaffinity(0, cores)
-
-    return setup
 
 
 def _last_line(path: pathlib.Path) -> str:

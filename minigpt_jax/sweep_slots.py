@@ -7,6 +7,7 @@ import dataclasses
 import os
 import pathlib
 
+from minigpt_jax import startup
 from minigpt_jax.errors import UsageError
 
 
@@ -18,7 +19,11 @@ class Slot:
     gpus: list[str] | None = None
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")  # the run's log is written as it goes
+        """The run's environment: its log written as it goes, its share, the sweep's pid."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env[startup.SWEEP_PARENT] = str(os.getpid())
+        if self.cores is not None:
+            env[startup.SWEEP_CORES] = ",".join(map(str, self.cores))
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
         return env

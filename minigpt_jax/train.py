@@ -55,6 +55,7 @@ def train_and_evaluate(
 def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) -> dict:
     """train_and_evaluate once the config is checked and signals are handled."""
     started = time.perf_counter()
+    timer = clock.Clock()
     meta, splits = data.load_prepared(
         cfg.data.dir,
         block_size=cfg.model.block_size,
@@ -128,7 +129,6 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
                 enabled=is_main,
                 started=started,
             )
-            timer = clock.Clock()
             timer.seconds["startup"] = time.perf_counter() - startup.STARTED
             loop_started = time.perf_counter()
             try:

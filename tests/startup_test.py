@@ -40,3 +40,21 @@ def test_compilation_cache_keeps_a_directory_already_set():
     startup.compilation_cache()
     assert jax.config.jax_compilation_cache_dir == cache
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+
+
+def test_a_run_of_a_sweep_takes_its_cores_and_a_stop_when_the_sweep_dies():
+    """join_sweep: the cores the sweep gave it, and SIGTERM when its parent (the sweep) is gone
+    (here the parent pid it was given is not its parent: the sweep died before it asked)."""
+    core = sorted(os.sched_getaffinity(0))[-1]
+    code = (
+        "import os; from minigpt_jax import startup; startup.join_sweep(); "
+        "print(sorted(os.sched_getaffinity(0)), startup.SWEEP_CORES in os.environ)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), startup.SWEEP_CORES: str(core)}
+    run = lambda env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    out = run({**env, startup.SWEEP_PARENT: str(os.getpid())})  # its parent: this process
+    assert out.returncode == 0 and out.stdout.split() == [f"[{core}]", "False"], out.stderr
+    gone = run({**env, startup.SWEEP_PARENT: "1"})  # pid 1 is not its parent
+    assert gone.returncode == -15 and gone.stdout == ""

@@ -80,6 +80,16 @@ def base_config() -> config_dict.ConfigDict:
     # 'ndim': every tensor with ndim >= 2 (nanoGPT) | 'linear': Linear kernels (minGPT) | 'all'
     c.opt.decay_mask = "ndim"
     c.opt.grad_clip = 1.0  # global norm; 0 disables
+    # 'adamw' (nanoGPT) | 'muon': torch.optim.Muon for the blocks' 2-D kernels (attention and MLP),
+    # the AdamW above for the rest (embeddings, head, norms, biases). Muon's lr follows
+    # opt.schedule with peak muon_lr and min_lr scaled by muon_lr / lr.
+    c.opt.optimizer = "adamw"
+    c.opt.muon_lr = 0.02  # Keller Jordan's Muon default (torch's lr factor sqrt(max(1, out/in)))
+    c.opt.muon_momentum = 0.95
+    c.opt.muon_nesterov = True
+    c.opt.muon_weight_decay = 0.0  # decoupled: param *= 1 - lr * wd (torch's default is 0.1)
+    c.opt.muon_ns_steps = 5  # Newton-Schulz iterations
+    c.opt.muon_ns_dtype = "bfloat16"  # the iteration's dtype: 'bfloat16' (torch) | 'float32'
 
     c.train = config_dict.ConfigDict()
     c.train.seed = 1337
@@ -212,6 +222,8 @@ def validate(c: Any) -> None:
     _choice(c, "data.sampling", SAMPLINGS)
     _choice(c, "opt.schedule", optimizer.SCHEDULES)
     _choice(c, "opt.decay_mask", optimizer.DECAY_MASKS)
+    _choice(c, "opt.optimizer", optimizer.OPTIMIZERS)
+    _choice(c, "opt.muon_ns_dtype", optimizer.muon.NS_DTYPES)
     if o.schedule in ("nanogpt", "warmup_cosine") and o.lr_decay_iters < o.warmup_iters:
         raise UsageError(
             f"opt.lr_decay_iters={o.lr_decay_iters} is below opt.warmup_iters={o.warmup_iters}; "
@@ -232,15 +244,22 @@ def validate(c: Any) -> None:
 
 
 def _check_opt(o: Any) -> None:
-    """AdamW's and the schedule's numbers where only one side makes sense (nan fails each)."""
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters"):
+    """AdamW's, Muon's and the schedule's numbers where only one side makes sense (nan fails
+    each)."""
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "muon_lr",
+                 "muon_weight_decay"):  # fmt: skip
         if not o[name] >= 0:
             raise UsageError(f"opt.{name} must be >= 0, got {o[name]}")
-    for name in ("b1", "b2"):
+    for name in ("b1", "b2", "muon_momentum"):
         if not 0 <= o[name] < 1:
             raise UsageError(f"opt.{name} must be in [0, 1), got {o[name]}")
     if not o.eps > 0:
         raise UsageError(f"opt.eps must be > 0, got {o.eps}")
+    if not 1 <= o.muon_ns_steps < 100:  # torch refuses 100 and more
+        raise UsageError(f"opt.muon_ns_steps must be in [1, 99], got {o.muon_ns_steps}")
+    if o.optimizer == "muon" and not o.lr > 0:
+        raise UsageError("opt.lr must be > 0 with opt.optimizer=muon: Muon's min_lr is "
+                         f"opt.min_lr * muon_lr / lr, got lr={o.lr}")  # fmt: skip
 
 
 def sample_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:

@@ -1,5 +1,6 @@
-"""Learning-rate schedules and AdamW. nanoGPT's and minGPT's schedules are written out (their
-exact formulas are pinned by tests); warmup-from-zero cosine and constant are optax's own."""
+"""Learning-rate schedules, AdamW, and Muon + AdamW. nanoGPT's and minGPT's schedules are written
+out (their exact formulas are pinned by tests); warmup-from-zero cosine and constant are optax's
+own. opt.optimizer=muon splits the params in two groups (muon.py has the update)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from minigpt_jax import muon
 from minigpt_jax.errors import UsageError
 
 SCHEDULES = ("nanogpt", "constant", "mingpt", "warmup_cosine")
 DECAY_MASKS = ("ndim", "linear", "all")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def nanogpt_lr(it: jax.Array, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_iters: int):
@@ -40,14 +43,19 @@ def mingpt_lr(
     return lr * jnp.where(tokens < warmup_tokens, warm, decay)
 
 
-def make_schedule(opt: Any, tokens_per_step: int) -> optax.Schedule:
+def make_schedule(
+    opt: Any, tokens_per_step: int, *, lr: float | None = None, min_lr: float | None = None
+) -> optax.Schedule:
     """The lr as a function of the optimizer step, from the `opt` section (checked by
-    config.validate: the decay ends after the warmup, minGPT's token counts are ordered)."""
+    config.validate: the decay ends after the warmup, minGPT's token counts are ordered);
+    lr and min_lr, when given, replace opt.lr and opt.min_lr (Muon's group)."""
+    lr = opt.lr if lr is None else lr
+    min_lr = opt.min_lr if min_lr is None else min_lr
     if opt.schedule == "nanogpt":
         return lambda it: nanogpt_lr(
             it,
-            lr=opt.lr,
-            min_lr=opt.min_lr,
+            lr=lr,
+            min_lr=min_lr,
             warmup_iters=opt.warmup_iters,
             lr_decay_iters=opt.lr_decay_iters,
         )
@@ -56,22 +64,29 @@ def make_schedule(opt: Any, tokens_per_step: int) -> optax.Schedule:
         # (optax counts the warmup in decay_steps), then min_lr: the common hand-written loop.
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
-            peak_value=opt.lr,
+            peak_value=lr,
             warmup_steps=opt.warmup_iters,
             decay_steps=max(opt.lr_decay_iters, opt.warmup_iters + 1),
-            end_value=opt.min_lr,
+            end_value=min_lr,
         )
     if opt.schedule == "constant":
-        return optax.constant_schedule(opt.lr)
+        return optax.constant_schedule(lr)
     if opt.schedule == "mingpt":
         return lambda it: mingpt_lr(
             it,
-            lr=opt.lr,
+            lr=lr,
             tokens_per_step=tokens_per_step,
             warmup_tokens=opt.warmup_tokens,
             final_tokens=opt.final_tokens,
         )
     raise UsageError(f"opt.schedule must be one of {list(SCHEDULES)}, got {opt.schedule!r}")
+
+
+def muon_schedule(opt: Any, tokens_per_step: int) -> optax.Schedule:
+    """Muon's lr: opt.schedule's shape with peak opt.muon_lr and min_lr in the same proportion
+    (opt.min_lr * muon_lr / lr; config.validate asks for lr > 0 with Muon)."""
+    min_lr = opt.min_lr * opt.muon_lr / opt.lr
+    return make_schedule(opt, tokens_per_step, lr=opt.muon_lr, min_lr=min_lr)
 
 
 def decay_mask(kind: str):
@@ -96,9 +111,16 @@ def decay_mask(kind: str):
     raise UsageError(f"opt.decay_mask must be one of {list(DECAY_MASKS)}, got {kind!r}")
 
 
-def make_optimizer(opt: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping (nanoGPT's order); grad_clip 0 turns clipping off."""
-    adamw = optax.adamw(
+def make_optimizer(
+    opt: Any, schedule: optax.Schedule, muon_schedule: optax.Schedule | None = None
+) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping (nanoGPT's order); grad_clip 0 turns clipping off.
+
+    opt.optimizer=muon: the blocks' 2-D kernels (muon.is_hidden_matrix) take Muon at
+    muon_schedule, everything else the same AdamW at schedule; the clipping stays global, before
+    both, as clip_grad_norm_ over all params before two torch optimizers step.
+    """
+    tx = optax.adamw(
         schedule,
         b1=opt.b1,
         b2=opt.b2,
@@ -106,6 +128,20 @@ def make_optimizer(opt: Any, schedule: optax.Schedule) -> optax.GradientTransfor
         weight_decay=opt.weight_decay,
         mask=decay_mask(opt.decay_mask),
     )
+    if opt.optimizer == "muon":
+        if muon_schedule is None:
+            raise ValueError("opt.optimizer=muon needs muon_schedule (optimizer.muon_schedule)")
+        hidden = muon.muon(
+            muon_schedule,
+            momentum=opt.muon_momentum,
+            nesterov=opt.muon_nesterov,
+            weight_decay=opt.muon_weight_decay,
+            ns_steps=opt.muon_ns_steps,
+            ns_dtype=opt.muon_ns_dtype,
+        )
+        tx = optax.partition({"adamw": tx, "muon": hidden}, muon.labels)
+    elif opt.optimizer != "adamw":
+        raise UsageError(f"opt.optimizer must be one of {list(OPTIMIZERS)}, got {opt.optimizer!r}")
     if opt.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
+    return tx

@@ -105,7 +105,7 @@ class Run:
     config: Any
     model_cfg: ModelConfig
     model: nn.Module
-    schedule: optax.Schedule
+    schedule: optax.Schedule  # AdamW's lr (all params with opt.optimizer=adamw); Muon's is in tx
     tx: optax.GradientTransformation
     mesh: Mesh
     shardings: TrainState  # a NamedSharding per leaf of the state
@@ -167,7 +167,10 @@ def build(config: Any, vocab_size: int, *, mesh: Mesh | None = None) -> Run:
     t = config.train
     tokens_per_step = t.batch_size * model_cfg.block_size * t.grad_accum
     schedule = optimizer.make_schedule(config.opt, tokens_per_step)
-    tx = optimizer.make_optimizer(config.opt, schedule)
+    muon_schedule = None
+    if config.opt.optimizer == "muon":
+        muon_schedule = optimizer.muon_schedule(config.opt, tokens_per_step)
+    tx = optimizer.make_optimizer(config.opt, schedule, muon_schedule)
     model = make_model(model_cfg)
     mesh = mesh or sharding.make_mesh(config.mesh)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -64,8 +64,20 @@ def one_device_mesh() -> Mesh:
     return make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
 
 
+def _is_boxed(x: Any) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
     """NamedShardings for a tree whose leaves may carry logical names (nn.LogicallyPartitioned)."""
+    # A box around no array (optax.partition's MaskedNode where another group owns the param,
+    # as Muon + AdamW's states have) holds nothing to shard: unwrap it so it stays a leafless
+    # node, not a sharding where the state has none.
+    abstract_tree = jax.tree.map(
+        lambda x: x.value if _is_boxed(x) and not jax.tree.leaves(x.value) else x,
+        abstract_tree,
+        is_leaf=_is_boxed,
+    )
     specs = nn.get_partition_spec(abstract_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
 
@@ -92,12 +104,11 @@ def process_slice() -> dict[str, int]:
 def sharded_abstract(abstract_tree: Any, mesh: Mesh) -> Any:
     """ShapeDtypeStructs carrying their NamedShardings: a restore target for orbax."""
     shardings = logical_shardings(abstract_tree, mesh)
-    is_boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
     # unbox without the sharding constraint: these are shapes, not traced values.
     values = jax.tree.map(
-        lambda x: x.unbox(apply_constraint=False) if is_boxed(x) else x,
+        lambda x: x.unbox(apply_constraint=False) if _is_boxed(x) else x,
         abstract_tree,
-        is_leaf=is_boxed,
+        is_leaf=_is_boxed,
     )
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), values, shardings

@@ -49,6 +49,7 @@ FIXED_ON_RESUME = (
     "train.batch_size",
     "train.grad_accum",
     "opt.decay_mask",
+    "opt.optimizer",  # Muon's groups change the optimizer state's structure
 )
 
 
@@ -120,6 +121,7 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     a, b = flatten_dict(old, sep="."), flatten_dict(new, sep=".")
     # A run saved before a model field existed ran with that field's default.
     defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)}
+    defaults["opt.optimizer"] = "adamw"  # and the optimizer before opt.optimizer was AdamW
     a = {**{k: v for k, v in defaults.items() if k in b and k not in a}, **a}
     refused, allowed = [], []
     for key in sorted(a.keys() | b.keys()):

@@ -68,6 +68,13 @@ def test_from_saved_fills_fields_a_run_predates():
         ("opt.b1", 1.0, r"opt.b1 must be in \[0, 1\), got 1.0"),
         ("opt.b2", -0.5, r"opt.b2 must be in \[0, 1\)"),
         ("opt.eps", 0.0, "opt.eps must be > 0, got 0.0"),
+        ("opt.optimizer", "sgd", "opt.optimizer must be one of"),
+        ("opt.muon_ns_dtype", "float16", "opt.muon_ns_dtype must be one of"),
+        ("opt.muon_lr", -0.02, "opt.muon_lr must be >= 0"),
+        ("opt.muon_weight_decay", float("nan"), "opt.muon_weight_decay must be >= 0"),
+        ("opt.muon_momentum", 1.0, r"opt.muon_momentum must be in \[0, 1\)"),
+        ("opt.muon_ns_steps", 0, r"opt.muon_ns_steps must be in \[1, 99\], got 0"),
+        ("opt.muon_ns_steps", 100, r"opt.muon_ns_steps must be in \[1, 99\]"),
     ],
 )
 def test_validate_names_the_bad_field(field, value, message):
@@ -76,6 +83,16 @@ def test_validate_names_the_bad_field(field, value, message):
     c[section][name] = value
     with pytest.raises(UsageError, match=message):
         config.validate(c)
+
+
+def test_muon_needs_a_positive_adamw_lr_to_scale_its_min_lr():
+    c = config.base_config()
+    c.opt.update(optimizer="muon", lr=0.0)
+    with pytest.raises(UsageError, match="opt.lr must be > 0 with opt.optimizer=muon") as info:
+        config.validate(c)
+    assert "\n" not in str(info.value)
+    c.opt.lr = 1e-3
+    config.validate(c)
 
 
 def test_sample_settings_parse_into_sampler_arguments():

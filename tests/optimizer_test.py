@@ -3,11 +3,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from ml_collections import config_dict
 
-from minigpt_jax import optimizer
+from minigpt_jax import muon, optimizer
 from minigpt_jax.errors import UsageError
+from minigpt_jax.model import ModelConfig, abstract_params
 
 
 def nanogpt_get_lr(it, lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=5000):
@@ -37,6 +39,13 @@ def _opt(**kw):
             weight_decay=0.1,
             decay_mask="ndim",
             grad_clip=1.0,
+            optimizer="adamw",
+            muon_lr=0.02,
+            muon_momentum=0.95,
+            muon_nesterov=True,
+            muon_weight_decay=0.0,
+            muon_ns_steps=5,
+            muon_ns_dtype="float32",
         )
     )
     c.update(kw)
@@ -158,3 +167,100 @@ def test_adamw_steps_match_torch_semantics():
         np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
     unclipped = adamw_reference(params, grads_seq, clip=1e9, **hyper)
     assert not np.allclose(ref["w"], unclipped["w"], atol=1e-4)  # the test can tell
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    """Pinned by name on an untied model with biases (boxed params, as the run builder's init
+    sees them): the head, embeddings, norms and biases stay with AdamW."""
+    cfg = ModelConfig(vocab_size=7, block_size=4, n_layer=2, n_head=2, n_embd=8, bias=True,
+                      tie_embeddings=False, bias_head=True)  # fmt: skip
+    labels = muon.labels(abstract_params(cfg))
+    flat = jax.tree_util.tree_flatten_with_path(labels)[0]
+    names = {"/".join(k.key for k in path if hasattr(k, "key")): v for path, v in flat}
+    hidden = [f"h_{i}/{m}/kernel" for i in (0, 1) for m in
+              ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")]  # fmt: skip
+    assert sorted(n for n, v in names.items() if v == "muon") == sorted(hidden)
+    for name in ("wte", "wpe", "lm_head/kernel", "lm_head/bias", "ln_f/scale", "h_0/ln_1/bias",
+                 "h_1/attn/c_attn/bias", "h_1/mlp/c_proj/bias"):  # fmt: skip
+        assert names[name] == "adamw", name
+
+
+def newton_schulz_reference(g, steps=5, eps=1e-7):
+    """torch's _zeropower_via_newtonschulz in float64 numpy, on a torch-layout (out, in) matrix."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = np.array(g, np.float64)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / max(np.linalg.norm(x), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6), (8, 8)])
+def test_newton_schulz_against_numpy_and_optax(shape):
+    g = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    ref = newton_schulz_reference(g)
+    ours = np.asarray(muon.newton_schulz(jnp.asarray(g), dtype="float32"))
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+    # optax's iteration (scale_by_muon without momentum: its bias correction is then 1) adds
+    # eps to the norm where torch clamps at it: the same up to 1e-8 / norm.
+    plain = optax.contrib.scale_by_muon(beta=0.0, nesterov=False, eps=1e-8)
+    theirs, _ = plain.update(jnp.asarray(g), plain.init(jnp.asarray(g)))
+    np.testing.assert_allclose(ours, np.asarray(theirs), atol=2e-5)
+    bf16 = np.asarray(muon.newton_schulz(jnp.asarray(g), dtype="bfloat16").astype(jnp.float32))
+    assert 1e-4 < np.abs(bf16 - ref).max() < 0.05  # bfloat16's 8 bits, not float32's
+    zero = muon.newton_schulz(jnp.zeros(shape), dtype="float32")  # clamped norm: no 0/0
+    assert not np.asarray(zero).any()
+
+
+def test_muon_and_adamw_steps_by_hand():
+    """Two updates of a kernel inside a block (Muon) and an embedding and a norm (AdamW), after
+    global clipping, against torch's formulas written out: buf.lerp_(g, 1 - m), the Nesterov
+    lerp, NS on the (out, in) transpose, lr * sqrt(max(1, out / in)), param *= 1 - lr * wd."""
+    opt = _opt(schedule="constant", lr=0.1, optimizer="muon", muon_lr=0.05,
+               muon_weight_decay=0.3, weight_decay=0.5, grad_clip=1.0)  # fmt: skip
+    tx = optimizer.make_optimizer(opt, optimizer.make_schedule(opt, 1),
+                                  optimizer.muon_schedule(opt, 1))  # fmt: skip
+    rng = np.random.default_rng(1)
+    params = {"h_0": {"mlp": {"c_fc": {"kernel": rng.standard_normal((3, 5))}},
+                      "ln_1": {"scale": rng.standard_normal(3)}},
+              "wte": rng.standard_normal((4, 3))}  # fmt: skip
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    grads_seq = [jax.tree.map(lambda a, s=s: jnp.asarray(rng.standard_normal(a.shape) * s,
+                 jnp.float32), params) for s in (2.0, 0.1)]  # fmt: skip
+    state, p = tx.init(params), params
+    for grads in grads_seq:
+        updates, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+
+    k = np.array(params["h_0"]["mlp"]["c_fc"]["kernel"], np.float64).T  # torch's (out, in)
+    buf = np.zeros_like(k)
+    adam_in = {"w": params["wte"], "s": params["h_0"]["ln_1"]["scale"]}
+    adam_grads = []
+    for grads in grads_seq:
+        norm = math.sqrt(sum(float((np.asarray(g, np.float64) ** 2).sum())
+                             for g in jax.tree.leaves(grads)))  # fmt: skip
+        scale = min(1.0, 1.0 / norm)  # optax divides by the norm (torch: norm + 1e-6)
+        g = np.asarray(grads["h_0"]["mlp"]["c_fc"]["kernel"], np.float64).T * scale
+        buf = buf + 0.05 * (g - buf)
+        u = g + 0.95 * (buf - g)
+        k = k * (1 - 0.05 * 0.3) - 0.05 * math.sqrt(5 / 3) * newton_schulz_reference(u)
+        adam_grads.append({"w": grads["wte"] * scale, "s": grads["h_0"]["ln_1"]["scale"] * scale})
+    adam = adamw_reference(adam_in, adam_grads, lr=0.1, b1=0.9, b2=0.99, eps=1e-8, wd=0.5,
+                           clip=1e9, decay={"w": True, "s": False})  # fmt: skip
+    np.testing.assert_allclose(p["h_0"]["mlp"]["c_fc"]["kernel"], k.T, atol=1e-5)
+    np.testing.assert_allclose(p["wte"], adam["w"], atol=1e-5)
+    np.testing.assert_allclose(p["h_0"]["ln_1"]["scale"], adam["s"], atol=1e-5)
+    moved = np.asarray(p["h_0"]["mlp"]["c_fc"]["kernel"] - params["h_0"]["mlp"]["c_fc"]["kernel"])
+    assert np.abs(moved).max() > 0.05  # Muon's step, not AdamW's at lr 0.1 on a unit-ish norm
+
+
+@pytest.mark.parametrize("schedule", optimizer.SCHEDULES)
+def test_muon_schedule_is_the_same_shape_at_its_own_peak(schedule):
+    opt = _opt(schedule=schedule, warmup_iters=10, lr_decay_iters=50, warmup_tokens=640,
+               final_tokens=3200, muon_lr=0.02)  # fmt: skip
+    ours, theirs = optimizer.make_schedule(opt, 64), optimizer.muon_schedule(opt, 64)
+    for it in [0, 5, 10, 30, 50, 80]:
+        assert float(theirs(it)) == pytest.approx(float(ours(it)) * 0.02 / 1e-3, rel=1e-5)

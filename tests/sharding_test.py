@@ -23,7 +23,7 @@ def test_mesh_shape_fills_minus_one_and_checks_the_device_count():
         sharding.mesh_shape(mesh(-1, -1, 1), 8)
 
 
-def _train(tmp, name, devices, mesh, data_dir):
+def _train(tmp, name, devices, mesh, data_dir, *extra):
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -40,6 +40,7 @@ def _train(tmp, name, devices, mesh, data_dir):
         "--config.train.eval_interval=3",
         "--config.train.ckpt_interval=3",
         "--config.train.log_interval=1",
+        *extra,
     ]
     out = subprocess.run(
         [sys.executable, "-m", "minigpt_jax.cli", *args],
@@ -60,6 +61,19 @@ def test_sharded_meshes_match_one_device(corpus, tmp_path):
     one = _train(tmp_path, "one", 1, (1, 1, 1), tmp_path / "data")
     # Data, FSDP and tensor parallel at once, with evals and checkpoints in between.
     mixed = _train(tmp_path, "mixed", 8, (2, 2, 2), tmp_path / "data")
+    assert len(one) == len(mixed) == 6 + 3
+    assert mixed == pytest.approx(one, rel=2e-5)
+
+
+def test_muon_on_a_sharded_mesh_matches_one_device(corpus, tmp_path):
+    """Muon's momentum takes its param's sharding (FSDP and tensor split the kernels that
+    Newton-Schulz multiplies whole); float32 iterations, so the sums' order is all that moves."""
+    from minigpt_jax import data
+
+    data.prepare(files.read_text(corpus), tmp_path / "data", block_size=32)
+    muon = ("--config.opt.optimizer=muon", "--config.opt.muon_ns_dtype=float32")
+    one = _train(tmp_path, "one", 1, (1, 1, 1), tmp_path / "data", *muon)
+    mixed = _train(tmp_path, "mixed", 8, (2, 2, 2), tmp_path / "data", *muon)
     assert len(one) == len(mixed) == 6 + 3
     assert mixed == pytest.approx(one, rel=2e-5)
 

@@ -1,5 +1,6 @@
 """Parity of training with nanoGPT's loop in PyTorch: the same weights and batches give the same
-losses through AdamW, clipping, accumulation and every schedule; the same gradients per step."""
+losses through AdamW, clipping, accumulation and every schedule, and through Muon + AdamW against
+torch.optim.Muon; the same gradients per step."""
 
 import dataclasses
 
@@ -10,7 +11,7 @@ import optax
 import pytest
 from conftest import TINY
 
-from minigpt_jax import compare, config, convert, data, optimizer, sharding
+from minigpt_jax import compare, config, convert, data, muon, optimizer, sharding
 from minigpt_jax import run as run_lib
 from minigpt_jax.model import ModelConfig, abstract_params, make_model
 
@@ -148,3 +149,69 @@ def test_torch_decay_groups_agree_with_optimizer_masks(cfg, mask):
     ours = {convert.torch_name(path, cfg.arch): bool(f) for path, f in convert._paths(flags)}
     decay, no_decay = torch_train.decay_groups(torch_ref.make_model(cfg), mask)
     assert {n: True for n in decay} | {n: False for n in no_decay} == ours
+
+
+MUON_MODEL = dataclasses.replace(TINY, bias=True, tie_embeddings=False, bias_head=True)
+
+
+def _muon_opt(ns_dtype: str, **kw):
+    """Muon on the blocks' kernels, nanoGPT's AdamW on the rest (an untied head with a bias:
+    both stay with AdamW), most steps clipped, Muon's weight decay on."""
+    o = _opt(grad_clip=0.3, **kw)
+    o.update(dict(optimizer="muon", muon_lr=0.02, muon_momentum=0.95, muon_nesterov=True,
+                  muon_weight_decay=0.1, muon_ns_steps=5, muon_ns_dtype=ns_dtype))  # fmt: skip
+    return o
+
+
+def test_muon_first_20_losses_agree_with_torch_muon():
+    """JAX Muon + AdamW against torch.optim.Muon + torch AdamW, same weights and batches, grad
+    accumulation 2: within 1e-4 over 20 steps (measured: 3.6e-7).
+
+    One detail is aligned rather than matched: torch's Muon always runs Newton-Schulz in
+    bfloat16 (`grad.bfloat16()` in _zeropower_via_newtonschulz); here both run it in float32
+    (opt.muon_ns_dtype=float32; torch_train swaps in the same function with that one cast
+    changed), so the comparison is fp32 against fp32. The bfloat16 path is the next test's.
+    """
+    losses = _train_both(MUON_MODEL, _muon_opt("float32"), accum=2)
+    assert np.abs(losses[:, 0] - losses[:, 1]).max() < 1e-4
+    assert losses[-1, 0] < losses[0, 0] - 0.1
+
+
+def test_muon_in_bfloat16_against_torch_muon_as_shipped():
+    """Unmodified torch.optim.Muon (bfloat16 Newton-Schulz) against ours in bfloat16: within
+    2e-3 over 20 steps (measured: 5.4e-4; Muon against AdamW parts by up to 3.9e-2), not 1e-4. Our
+    bfloat16 iteration is torch's bit for bit on the same input (next test); what differs is the
+    input: XLA's and torch's float32 gradients differ by ~1e-7, which flips the bfloat16
+    rounding of a few entries, and each flip moves that entry of the update by up to a bfloat16
+    ulp (2**-8 relative), then the next steps carry it on."""
+    losses = _train_both(MUON_MODEL, _muon_opt("bfloat16"), accum=2)
+    assert np.abs(losses[:, 0] - losses[:, 1]).max() < 2e-3
+    assert losses[-1, 0] < losses[0, 0] - 0.1
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (16, 16), (64, 16)])
+def test_newton_schulz_in_bfloat16_is_torchs_bit_for_bit(shape):
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    theirs = _zeropower_via_newtonschulz(torch.from_numpy(g), muon.NS_COEFFS, 5, muon.NS_EPS)
+    ours = muon.newton_schulz(jax.numpy.asarray(g), steps=5, dtype="bfloat16")
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), theirs.float().numpy())
+
+
+def test_the_loss_comparison_can_tell_muon_from_adamw():
+    """Muon here, AdamW there: the losses part, so the parity above needs Muon on both sides."""
+    adamw = _opt(grad_clip=0.3)
+    losses = _train_both(MUON_MODEL, _muon_opt("float32"), accum=2, steps=6, torch_opt=adamw)
+    assert np.abs(losses[:, 0] - losses[:, 1]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "cfg", [TINY, MUON_MODEL, dataclasses.replace(TINY, arch="bigram")],
+    ids=["tied", "untied-biases", "bigram"],
+)  # fmt: skip
+def test_torch_muon_params_agree_with_muon_labels(cfg):
+    flat = convert._paths(muon.labels(nn.unbox(abstract_params(cfg))))
+    ours = sorted(convert.torch_name(path, cfg.arch) for path, v in flat if v == "muon")
+    assert torch_train.muon_names(torch_ref.make_model(cfg)) == ours
+    assert len(ours) == (0 if cfg.arch == "bigram" else 4 * cfg.n_layer)

@@ -85,6 +85,27 @@ def test_a_run_stops_at_its_target_and_records_when_it_got_there(tiny_run, tmp_p
     assert (s["target_step"], s["finished"]) == (4, True)
 
 
+def test_a_muon_run_resumed_equals_one_run(data_dir, tmp_path):
+    """Muon + AdamW's state (two groups, Muon's momentum) saves, restores in its shardings and
+    resumes exactly: 3 steps, then 3 more, against 6 in one go."""
+    c = _config(data_dir, optimizer="muon", max_iters=6, eval_interval=3, ckpt_interval=3,
+                log_interval=1)  # fmt: skip
+    train.train_and_evaluate(c, tmp_path / "one")
+    short = copy.deepcopy(c)
+    short.train.max_iters = 3
+    train.train_and_evaluate(short, tmp_path / "two")
+    train.train_and_evaluate(c, tmp_path / "two")
+
+    def records(run):
+        return [(r["kind"], r["step"], r.get("loss"), r.get("val_loss")) for r in
+                metrics.read_metrics(tmp_path / run) if r["kind"] in ("train", "eval")]  # fmt: skip
+
+    assert records("one") == records("two") and len(records("one")) > 6
+    adamw = _config(data_dir, max_iters=3, eval_interval=3, ckpt_interval=3, log_interval=1)
+    train.train_and_evaluate(adamw, tmp_path / "adamw")
+    assert records("adamw")[1:3] != records("one")[1:3]  # the switch is on
+
+
 def test_refuses_a_bad_config_before_touching_the_workdir(data_dir, tmp_path):
     with pytest.raises(UsageError, match="train.eval_iters"):
         train.train_and_evaluate(_config(data_dir, eval_iters=0), tmp_path / "run")

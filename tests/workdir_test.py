@@ -78,3 +78,17 @@ def test_a_resume_may_not_change_the_function_the_weights_compute():
     free |= {"attn_dropout": 0.0, "init": "normal", "wpe_init": "zeros"}
     refused, allowed = workdir.config_changes({"model": {}}, {"model": free})
     assert refused == [] and len(allowed) == len(free)
+
+
+def test_a_resume_may_not_switch_the_optimizer():
+    """Muon's groups change the optimizer state's structure; a run saved before opt.optimizer
+    existed trained with AdamW."""
+    refused, _ = workdir.config_changes(
+        {"opt": {"optimizer": "adamw"}}, {"opt": {"optimizer": "muon"}}
+    )
+    assert refused == ["opt.optimizer: 'adamw' -> 'muon'"]
+    assert workdir.config_changes({"opt": {}}, {"opt": {"optimizer": "adamw"}}) == ([], [])
+    refused, _ = workdir.config_changes({"opt": {}}, {"opt": {"optimizer": "muon"}})
+    assert refused == ["opt.optimizer: 'adamw' -> 'muon'"]
+    _, allowed = workdir.config_changes({"opt": {"muon_lr": 0.02}}, {"opt": {"muon_lr": 0.01}})
+    assert allowed == ["opt.muon_lr: 0.02 -> 0.01"]

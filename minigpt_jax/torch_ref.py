@@ -10,6 +10,10 @@ transformer.h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}.{
 transformer.ln_f.{weight, bias}, lm_head.weight (torch Linear weights are (out, in)). A tied head
 is nanoGPT's: one tensor under both transformer.wte.weight and lm_head.weight. The bigram model
 is Karpathy's lecture bigram: one table, token_embedding_table.weight (V x V).
+
+The modern switches (ModelConfig.pos_emb, norm, qk_norm, activation='relu2', logit_softcap,
+zero_init_proj) are written here from torch's own ops (F.rms_norm, a rotate-half rotary), not
+ported from blocks.py, so the parity test checks one against the other.
 """
 
 from __future__ import annotations
@@ -153,15 +157,14 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         b = biases(cfg)
-        modules = dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+        modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if cfg.pos_emb == "learned":  # rotary: positions enter in attention, no wpe
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules |= dict(
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
             ln_f=make_norm(cfg),
         )
-        if cfg.pos_emb == "rotary":  # positions enter in attention
-            del modules["wpe"]
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=b["head"])
         if cfg.tie_embeddings:

@@ -52,7 +52,7 @@ def base_config() -> config_dict.ConfigDict:
     c.model.bias_ln = config_dict.placeholder(bool)
     c.model.bias_head = False  # lm_head bias; untied heads only
     c.model.tie_embeddings = True  # lm_head shares wte, as in GPT-2
-    c.model.activation = "gelu"  # exact erf GELU: torch.nn.GELU()
+    c.model.activation = "gelu"  # exact erf GELU: torch.nn.GELU() | 'gelu_tanh' | 'relu' | 'relu2'
     c.model.ln_eps = 1e-5
     c.model.dtype = "float32"  # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
     c.model.arch = "gpt"  # 'gpt' | 'bigram'
@@ -63,6 +63,13 @@ def base_config() -> config_dict.ConfigDict:
     # gradient, ~1.4x faster steps there; 'xla' elsewhere) | 'xla' | 'narrow'. Same math.
     c.model.linear_vjp = "auto"
     c.model.remat = "none"  # 'none' | 'block' | 'dots': activation memory for recompute
+    # The modern recipe's switches (modded-nanogpt), off by default: nanoGPT's model, bit for bit.
+    c.model.pos_emb = "learned"  # 'learned' wpe table | 'rotary' (no wpe; q, k rotated per head)
+    c.model.rope_base = 10000.0  # rotary: pair i turns at rope_base ** (-2i / head_dim)
+    c.model.norm = "layernorm"  # 'layernorm' | 'rmsnorm' (learned scale, no bias, eps ln_eps)
+    c.model.qk_norm = False  # RMS-normalise q and k per head before the dot product, no scale
+    c.model.logit_softcap = 0.0  # > 0: logits = cap * tanh(logits / cap), in fp32; 0: off
+    c.model.zero_init_proj = False  # attention and MLP output projections (c_proj) start at 0
 
     c.opt = config_dict.ConfigDict()
     # 'nanogpt' (warmup + cosine) | 'warmup_cosine' (warmup from lr 0) | 'constant' | 'mingpt'

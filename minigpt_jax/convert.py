@@ -163,6 +163,17 @@ def nanogpt_incompatible(cfg: ModelConfig) -> list[str]:
         bad.append(f"activation={cfg.activation!r}")
     if cfg.ln_eps != 1e-5:
         bad.append(f"ln_eps={cfg.ln_eps}")
-    if cfg.bias_head or len({cfg.has_bias(p) for p in BIAS_PLACES}) > 1:
+    # RMSNorm never has a bias: its place is not a per-place choice (norm is reported below).
+    places = [p for p in BIAS_PLACES if p != "ln" or cfg.norm == "layernorm"]
+    if cfg.bias_head or len({cfg.has_bias(p) for p in places}) > 1:
         bad.append("per-place biases")
+    # The modern switches (zero_init_proj only sets the starting weights: nanoGPT runs them).
+    if cfg.pos_emb != "learned":
+        bad.append(f"pos_emb={cfg.pos_emb!r}")
+    if cfg.norm != "layernorm":
+        bad.append(f"norm={cfg.norm!r}")
+    if cfg.qk_norm:
+        bad.append("qk_norm=True")
+    if cfg.logit_softcap:
+        bad.append(f"logit_softcap={cfg.logit_softcap}")
     return bad

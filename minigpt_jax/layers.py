@@ -70,7 +70,8 @@ def normal_init(std: float, axes: tuple[str, ...]) -> nn.initializers.Initialize
 
 
 class Linear(nn.Module):
-    """torch.nn.Linear with a (in, out) kernel, logical axes and an output dtype."""
+    """torch.nn.Linear with a (in, out) kernel, logical axes and an output dtype; std 0 starts
+    the kernel at zeros."""
 
     features: int
     axes: tuple[str, str]
@@ -82,9 +83,10 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxI: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", normal_init(self.std, self.axes), (x_BxTxI.shape[-1], self.features)
-        )
+        init = normal_init(self.std, self.axes)
+        if self.std == 0:  # zeros, not N(0, 0) (which can give -0.0)
+            init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes)
+        kernel = self.param("kernel", init, (x_BxTxI.shape[-1], self.features))
         out_dtype = self.out_dtype or self.dtype
         y_BxTxO = matmul(x_BxTxI.astype(self.dtype), kernel.astype(self.dtype), out_dtype, self.vjp)
         if self.use_bias:

@@ -4,6 +4,7 @@ choices each switch takes. Defaults are nanoGPT's shakespeare_char model."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -15,6 +16,7 @@ ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # nanoGPT: nn.GELU(), exact erf
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # ReLU squared (Primer; modded-nanogpt)
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ARCHS = ("gpt", "bigram")
@@ -26,6 +28,10 @@ ATTENTIONS = ("xla", "cudnn", "pallas")
 INITS = ("nanogpt", "normal")
 WPE_INITS = ("normal", "zeros")  # 'zeros': the early minGPT's nn.Parameter(torch.zeros(...))
 BIAS_PLACES = ("qkv", "attn_proj", "mlp", "ln")  # each has a bias_<place> field
+# 'learned': nanoGPT's wpe table; 'rotary': no wpe, q and k rotated by position (GPT-NeoX's
+# rotate-half convention), so attention sees only relative positions.
+POS_EMBS = ("learned", "rotary")
+NORMS = ("layernorm", "rmsnorm")  # rmsnorm: a learned scale, no bias, no mean subtraction
 # Activation memory against compute: 'none' keeps every activation for the backward pass; 'block'
 # keeps only each block's input and recomputes the rest; 'dots' also keeps matmul outputs without
 # batch dims (the Linears), recomputing elementwise work and attention.
@@ -64,6 +70,14 @@ class ModelConfig:
     wpe_init: str = "normal"  # 'normal' N(0, 0.02) | 'zeros'
     linear_vjp: str = "auto"  # the Linears' backward pass: 'auto' | 'xla' | 'narrow' (layers.py)
     remat: str = "none"  # recompute in the backward pass, per block: REMATS
+    # The switches of the modern recipe (modded-nanogpt); each off by default, so the default
+    # model stays nanoGPT's, bit for bit.
+    pos_emb: str = "learned"  # 'learned' (wpe) | 'rotary' (no wpe): POS_EMBS
+    rope_base: float = 10000.0  # rotary: frequency of pair i is rope_base ** (-2i / head_dim)
+    norm: str = "layernorm"  # 'layernorm' | 'rmsnorm' (ln_1, ln_2, ln_f keep their names)
+    qk_norm: bool = False  # RMS-normalise q and k per head (over D), no learned scale
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap), in fp32; 0: off
+    zero_init_proj: bool = False  # attention and MLP c_proj kernels start at zero
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -79,7 +93,7 @@ class ModelConfig:
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {value}")
         places = tuple(f"bias_{p}" for p in BIAS_PLACES)
-        for name in ("bias", "tie_embeddings", "bias_head", *places):
+        for name in ("bias", "tie_embeddings", "bias_head", "qk_norm", "zero_init_proj", *places):
             value = getattr(self, name)
             if not isinstance(value, bool) and not (value is None and name in places):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r}")
@@ -88,6 +102,7 @@ class ModelConfig:
         choices = {
             "init": INITS, "wpe_init": WPE_INITS, "activation": ACTIVATIONS, "dtype": DTYPES,
             "attention": ATTENTIONS, "remat": REMATS, "linear_vjp": LINEAR_VJPS, "arch": ARCHS,
+            "pos_emb": POS_EMBS, "norm": NORMS,
         }  # fmt: skip
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -97,6 +112,23 @@ class ModelConfig:
                 )
         if not self.ln_eps > 0:
             raise ValueError(f"ModelConfig.ln_eps must be positive, got {self.ln_eps}")
+        self._check_switches()
+
+    def _check_switches(self) -> None:
+        """The modern switches' numbers and the combinations they cannot take."""
+        if not 1.0 < self.rope_base < math.inf:
+            raise ValueError(f"ModelConfig.rope_base must be > 1 and finite, got {self.rope_base}")
+        if not 0.0 <= self.logit_softcap < math.inf:  # nan fails too
+            raise ValueError(
+                f"ModelConfig.logit_softcap must be >= 0 and finite, got {self.logit_softcap}"
+            )
+        if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"ModelConfig.pos_emb='rotary' rotates pairs: the head dim n_embd/n_head = "
+                f"{self.n_embd // self.n_head} must be even"
+            )
+        if self.norm == "rmsnorm" and self.bias_ln:
+            raise ValueError("ModelConfig.bias_ln: RMSNorm has no bias; leave bias_ln unset")
 
     @classmethod
     def from_dict(cls, fields: dict) -> ModelConfig:
@@ -111,7 +143,9 @@ class ModelConfig:
         return DTYPES[self.dtype]
 
     def has_bias(self, place: str) -> bool:
-        """Whether `place` ('qkv', 'attn_proj', 'mlp', 'ln') has biases."""
+        """Whether `place` ('qkv', 'attn_proj', 'mlp', 'ln') has biases; RMSNorm never has."""
+        if place == "ln" and self.norm == "rmsnorm":
+            return False
         value = getattr(self, f"bias_{place}")
         return self.bias if value is None else value
 

@@ -11,6 +11,10 @@ Past block_size. Positions are learned and absolute, so cached keys and values c
   window='chunked'  the fast default: when the window is full, keep the last block_size // 2
                     tokens, prefill them once and continue cached. The context never drops
                     below half a window.
+Rotary positions (pos_emb='rotary') do not make 'exact' cacheable: a sliding cache keeps each
+token's keys and values from layer 2 on as computed from its own earlier context, which the crop
+drops, so it equals the crop only for a 1-layer model. 'exact' stays a full-window forward per
+token for every model.
 
 Randomness: sample j draws its token at step i from fold_in(fold_in(rng, j), i), whatever else
 is in the batch. So a batch of prompts samples exactly as each prompt alone, and a stream in

@@ -10,6 +10,10 @@ transformer.h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}.{
 transformer.ln_f.{weight, bias}, lm_head.weight (torch Linear weights are (out, in)). A tied head
 is nanoGPT's: one tensor under both transformer.wte.weight and lm_head.weight. The bigram model
 is Karpathy's lecture bigram: one table, token_embedding_table.weight (V x V).
+
+The modern switches (ModelConfig.pos_emb, norm, qk_norm, activation='relu2', logit_softcap,
+zero_init_proj) are written here from torch's own ops (F.rms_norm, a rotate-half rotary), not
+ported from blocks.py, so the parity test checks one against the other.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ TORCH_ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact erf, nanoGPT's nn.GELU()
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # minGPT's NewGELU
     "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),
 }
 
 
@@ -49,9 +54,43 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x_BxTxC, self.weight.shape, self.weight, self.bias, self.eps)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned scale (weight) and no bias: norm='rmsnorm'."""
+
+    def __init__(self, n: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.eps = eps
+
+    def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x_BxTxC, self.weight.shape, self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd, cfg.ln_eps)
+    return LayerNorm(cfg.n_embd, biases(cfg)["ln"], cfg.ln_eps)
+
+
+def rotate_half(x_BxHxTxD: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_BxHxTxD.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rotary(x_BxHxTxD: torch.Tensor, base: float) -> torch.Tensor:
+    """GPT-NeoX's rotary embedding (rotate half), positions 0..T-1, in fp32."""
+    T, D = x_BxHxTxD.shape[-2:]
+    inv_freq_D2 = base ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)
+    angle_TxD2 = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq_D2
+    angle_TxD = torch.cat((angle_TxD2, angle_TxD2), dim=-1)
+    x = x_BxHxTxD.float()
+    return (x * angle_TxD.cos() + rotate_half(x) * angle_TxD.sin()).to(x_BxHxTxD.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         b, C = biases(cfg), cfg.n_embd
         self.c_attn = nn.Linear(C, 3 * C, bias=b["qkv"])
         self.c_proj = nn.Linear(C, C, bias=b["attn_proj"])
@@ -66,6 +105,13 @@ class CausalSelfAttention(nn.Module):
         q_BxHxTxD, k_BxHxTxD, v_BxHxTxD = (
             a.view(B, T, H, C // H).transpose(1, 2) for a in (q, k, v)
         )
+        cfg = self.cfg
+        if cfg.qk_norm:  # parameter-free, over D, before the rotation
+            q_BxHxTxD = F.rms_norm(q_BxHxTxD, (C // H,), eps=cfg.ln_eps)
+            k_BxHxTxD = F.rms_norm(k_BxHxTxD, (C // H,), eps=cfg.ln_eps)
+        if cfg.pos_emb == "rotary":
+            q_BxHxTxD = rotary(q_BxHxTxD, cfg.rope_base)
+            k_BxHxTxD = rotary(k_BxHxTxD, cfg.rope_base)
         # nanoGPT's flash path: torch's fused causal attention, dropout on the attention weights.
         y_BxHxTxD = F.scaled_dot_product_attention(
             q_BxHxTxD,
@@ -94,10 +140,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        ln_bias = biases(cfg)["ln"]
-        self.ln_1 = LayerNorm(cfg.n_embd, ln_bias, cfg.ln_eps)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.n_embd, ln_bias, cfg.ln_eps)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
@@ -112,15 +157,15 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         b = biases(cfg)
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-                ln_f=LayerNorm(cfg.n_embd, b["ln"], cfg.ln_eps),
-            )
+        modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if cfg.pos_emb == "learned":  # rotary: positions enter in attention, no wpe
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules |= dict(
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            ln_f=make_norm(cfg),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=b["head"])
         if cfg.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # nanoGPT's weight tying
@@ -129,7 +174,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """nanoGPT's init: N(0, 0.02), zero biases, residual projections 0.02 / sqrt(2 n_layer);
-        init='normal' leaves the projections at 0.02, wpe_init='zeros' zeroes wpe."""
+        init='normal' leaves the projections at 0.02, wpe_init='zeros' zeroes wpe,
+        zero_init_proj zeroes the projections."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, 0.02)
@@ -140,19 +186,27 @@ class GPT(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
                     nn.init.normal_(p, 0.0, std)
-        if self.cfg.wpe_init == "zeros":
+        for name, p in self.named_parameters():
+            if self.cfg.zero_init_proj and name.endswith("c_proj.weight"):
+                nn.init.zeros_(p)
+        if self.cfg.wpe_init == "zeros" and "wpe" in self.transformer:
             nn.init.zeros_(self.transformer.wpe.weight)
 
     def forward(self, idx_BxT: torch.Tensor) -> torch.Tensor:
         T = idx_BxT.shape[1]
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
-        pos_T = torch.arange(T, device=idx_BxT.device)
-        x_BxTxC = self.transformer.wte(idx_BxT) + self.transformer.wpe(pos_T)
+        x_BxTxC = self.transformer.wte(idx_BxT)
+        if "wpe" in self.transformer:
+            x_BxTxC = x_BxTxC + self.transformer.wpe(torch.arange(T, device=idx_BxT.device))
         x_BxTxC = self.transformer.drop(x_BxTxC)
         for block in self.transformer.h:
             x_BxTxC = block(x_BxTxC)
-        return self.lm_head(self.transformer.ln_f(x_BxTxC)).float()
+        logits_BxTxV = self.lm_head(self.transformer.ln_f(x_BxTxC)).float()
+        if self.cfg.logit_softcap:
+            cap = self.cfg.logit_softcap
+            logits_BxTxV = cap * torch.tanh(logits_BxTxV / cap)
+        return logits_BxTxV
 
 
 class Bigram(nn.Module):

@@ -42,10 +42,16 @@ FIXED_ON_RESUME = (
     "model.bias_head",
     "model.tie_embeddings",
     "model.arch",
+    "model.pos_emb",  # rotary has no wpe
+    "model.norm",  # rmsnorm has no bias
     # Nor what the same weights compute (dtype, attention kernel, remat, linear_vjp compute the
-    # same function; dropout only trains; init and wpe_init act before the first step).
+    # same function; dropout only trains; init, wpe_init and zero_init_proj act before the first
+    # step).
     "model.activation",
     "model.ln_eps",
+    "model.rope_base",
+    "model.qk_norm",
+    "model.logit_softcap",
     "train.batch_size",
     "train.grad_accum",
     "opt.decay_mask",

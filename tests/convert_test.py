@@ -64,3 +64,13 @@ def test_nanogpt_incompatible_names_each_switch():
     assert convert.nanogpt_incompatible(TINY) == []
     bad = convert.nanogpt_incompatible(dataclasses.replace(UNTIED, activation="relu"))
     assert bad == ["tie_embeddings=False", "activation='relu'", "per-place biases"]
+    modern = dataclasses.replace(
+        TINY, pos_emb="rotary", norm="rmsnorm", qk_norm=True, logit_softcap=30.0,
+        activation="relu2", zero_init_proj=True, bias=True,
+    )  # fmt: skip
+    assert convert.nanogpt_incompatible(modern) == [
+        "activation='relu2'", "pos_emb='rotary'", "norm='rmsnorm'", "qk_norm=True",
+        "logit_softcap=30.0",
+    ]  # fmt: skip
+    # zero_init_proj only sets where training starts: nanoGPT runs the weights it ends with.
+    assert convert.nanogpt_incompatible(dataclasses.replace(TINY, zero_init_proj=True)) == []

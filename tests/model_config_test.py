@@ -27,6 +27,15 @@ from minigpt_jax.model_config import ModelConfig
         ({"bias_mlp": "yes"}, "bias_mlp"),
         ({"linear_vjp": "fast"}, "linear_vjp"),
         ({"remat": "all"}, "remat"),
+        ({"pos_emb": "alibi"}, "pos_emb"),
+        ({"pos_emb": "rotary", "n_embd": 6, "n_head": 2}, "pos_emb"),  # odd head dim
+        ({"rope_base": 1.0}, "rope_base"),
+        ({"norm": "batchnorm"}, "norm"),
+        ({"norm": "rmsnorm", "bias_ln": True}, "bias_ln"),
+        ({"qk_norm": 1}, "qk_norm"),
+        ({"logit_softcap": -1.0}, "logit_softcap"),
+        ({"logit_softcap": float("inf")}, "logit_softcap"),
+        ({"zero_init_proj": "yes"}, "zero_init_proj"),
     ],
 )
 def test_invalid_config_names_the_field(change, field):
@@ -42,6 +51,9 @@ def test_from_dict_refuses_unknown_fields_and_keeps_the_rest():
 
 def test_bias_places_follow_the_flag_unless_set():
     cfg = dataclasses.replace(TINY, bias=True, bias_ln=False)
+    assert [cfg.has_bias(p) for p in ("qkv", "attn_proj", "mlp", "ln")] == [True, True, True, False]
+    # RMSNorm has no bias whatever the flag says; the other places keep theirs.
+    cfg = dataclasses.replace(TINY, bias=True, norm="rmsnorm")
     assert [cfg.has_bias(p) for p in ("qkv", "attn_proj", "mlp", "ln")] == [True, True, True, False]
     assert dataclasses.replace(TINY, dropout=0.1).attn_pdrop == 0.1
     assert dataclasses.replace(TINY, dropout=0.1, attn_dropout=0.0).attn_pdrop == 0.0

@@ -14,6 +14,17 @@ VARIANTS = {
     "bias_untied": dataclasses.replace(TINY, bias=True, tie_embeddings=False),
     "bigram": dataclasses.replace(TINY, arch="bigram"),
 }
+# The modern switches (blocks_test.py), each alone and all together.
+SWITCHES = {
+    "rotary": {"pos_emb": "rotary"},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"activation": "relu2"},
+    "softcap": {"logit_softcap": 0.5},
+    "zero_init_proj": {"zero_init_proj": True},
+}
+SWITCHES["modern"] = {k: v for change in SWITCHES.values() for k, v in change.items()}
+VARIANTS |= {name: dataclasses.replace(TINY, **change) for name, change in SWITCHES.items()}
 
 
 def _reference(model, params, prompt, new_tokens, window):
@@ -42,12 +53,18 @@ def _reference(model, params, prompt, new_tokens, window):
         ("chunked", "tiny", W + 3),
         ("chunked", "bias_untied", 1),
         ("exact", "bigram", 2),
+        # chunked from a short prompt runs every path: prefill, cached steps, refills
+        *(("chunked", name, 3) for name in SWITCHES),
+        ("exact", "modern", 3),
+        ("chunked", "modern", W + 3),
     ],
 )
 def test_cached_sampling_equals_uncached_reference(window, variant, prompt_len):
     """Every step's logits equal an uncached forward over the same context; tokens follow."""
     cfg = VARIANTS[variant]
     model, params = init_params(cfg)
+    if variant in SWITCHES:  # sharper attention than init's, so a wrong position shows
+        params = jax.tree.map(lambda p: 4 * p, params)
     prompt = np.arange(prompt_len) % cfg.vocab_size
     n_new, rng = 3 * W + 1, jax.random.key(0)
     out, logits = sample.generate(

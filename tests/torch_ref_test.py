@@ -53,15 +53,21 @@ def model_configs(draw):
     bias = st.sampled_from([None, True, False])
     tie = draw(st.booleans())
     head = draw(st.integers(1, 2))
+    norm = draw(st.sampled_from(["layernorm", "rmsnorm"]))
     return ModelConfig(
         vocab_size=draw(st.integers(3, 17)), block_size=draw(st.integers(2, 9)),
         n_layer=draw(st.integers(1, 2)), n_head=head, n_embd=head * draw(st.sampled_from([4, 8])),
         bias=draw(st.booleans()), bias_qkv=draw(bias), bias_attn_proj=draw(bias),
-        bias_mlp=draw(bias), bias_ln=draw(bias), tie_embeddings=tie,
+        bias_mlp=draw(bias), bias_ln=draw(bias) and norm == "layernorm", tie_embeddings=tie,
         bias_head=False if tie else draw(st.booleans()),
-        activation=draw(st.sampled_from(["gelu", "gelu_tanh", "relu"])),
+        activation=draw(st.sampled_from(["gelu", "gelu_tanh", "relu", "relu2"])),
         ln_eps=draw(st.sampled_from([1e-5, 1e-3])),
         arch=draw(st.sampled_from(["gpt"] * 4 + ["bigram"])),
+        # The modern switches, in every combination (head dims 4 and 8 are even, as rotary needs)
+        pos_emb=draw(st.sampled_from(["learned", "rotary"])),
+        rope_base=draw(st.sampled_from([10000.0, 7.0])), norm=norm, qk_norm=draw(st.booleans()),
+        logit_softcap=draw(st.sampled_from([0.0, 1.5, 30.0])),
+        zero_init_proj=draw(st.booleans()),
     )  # fmt: skip
 
 
@@ -97,6 +103,13 @@ def test_torch_init_follows_the_init_switches():
     assert sd["transformer.h.0.attn.c_proj.weight"].std().item() == pytest.approx(0.02, rel=0.05)
     assert not sd["transformer.wpe.weight"].any()
     assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()  # tied
+    sd = torch_ref.make_model(
+        dataclasses.replace(big, zero_init_proj=True, pos_emb="rotary", norm="rmsnorm")
+    ).state_dict()
+    assert not sd["transformer.h.7.attn.c_proj.weight"].any()
+    assert not sd["transformer.h.7.mlp.c_proj.weight"].any()
+    assert sd["transformer.h.7.mlp.c_fc.weight"].std().item() == pytest.approx(0.02, rel=0.05)
+    assert "transformer.wpe.weight" not in sd and "transformer.ln_f.bias" not in sd
 
 
 def test_generate_is_nanogpts_loop():

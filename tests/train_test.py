@@ -106,6 +106,27 @@ def test_a_muon_run_resumed_equals_one_run(data_dir, tmp_path):
     assert records("adamw")[1:3] != records("one")[1:3]  # the switch is on
 
 
+def test_a_resume_with_every_model_switch_on_equals_one_run(data_dir, tmp_path, monkeypatch):
+    """The modern switches (rotary, RMSNorm, QK-norm, ReLU², soft cap, zero-init projections)
+    stopped at step 3 and resumed: every logged loss equals the uninterrupted run's."""
+    switches = dict(pos_emb="rotary", norm="rmsnorm", qk_norm=True, activation="relu2")
+    switches |= dict(logit_softcap=5.0, zero_init_proj=True)
+    c = _config(data_dir, max_iters=6, eval_interval=3, ckpt_interval=3, log_interval=1, **switches)
+    one = train.train_and_evaluate(c, tmp_path / "one")
+    stop_at_3 = lambda self, step: step == 3  # noqa: E731
+    with monkeypatch.context() as m:
+        m.setattr(train.StopRequest, "should_stop", stop_at_3)
+        assert train.train_and_evaluate(c, tmp_path / "two")["step"] == 3
+    two = train.train_and_evaluate(c, tmp_path / "two")
+    assert two["step"] == one["step"] == 6 and two["val_loss_full"] == one["val_loss_full"]
+    keys = ("kind", "step", "loss", "val_loss", "val_loss_full")
+    runs = [[tuple(r.get(k) for k in keys) for r in metrics.read_metrics(tmp_path / name)]
+            for name in ("one", "two")]  # fmt: skip
+    assert runs[0] == runs[1] and len(runs[0]) > 6
+    saved = json.loads((tmp_path / "two/config.json").read_text())["model"]
+    assert {k: saved[k] for k in switches} == switches
+
+
 def test_refuses_a_bad_config_before_touching_the_workdir(data_dir, tmp_path):
     with pytest.raises(UsageError, match="train.eval_iters"):
         train.train_and_evaluate(_config(data_dir, eval_iters=0), tmp_path / "run")

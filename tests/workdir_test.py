@@ -75,9 +75,14 @@ def test_a_resume_may_not_change_the_function_the_weights_compute():
     assert refused == ["model.activation: 'gelu' -> 'relu'", "model.ln_eps: 1e-05 -> 1e-06"]
     assert allowed == ["model.dtype: 'float32' -> 'bfloat16'"]
     free = {"attention": "cudnn", "remat": "block", "linear_vjp": "xla", "dropout": 0.1}
-    free |= {"attn_dropout": 0.0, "init": "normal", "wpe_init": "zeros"}
+    free |= {"attn_dropout": 0.0, "init": "normal", "wpe_init": "zeros", "zero_init_proj": True}
     refused, allowed = workdir.config_changes({"model": {}}, {"model": free})
     assert refused == [] and len(allowed) == len(free)
+    # The modern switches change the params' shapes (wpe, LayerNorm biases) or the function.
+    modern = {"pos_emb": "rotary", "norm": "rmsnorm", "qk_norm": True, "rope_base": 500.0}
+    modern |= {"logit_softcap": 30.0}
+    refused, _ = workdir.config_changes({"model": {}}, {"model": modern})
+    assert sorted(r.split(":")[0] for r in refused) == sorted(f"model.{k}" for k in modern)
 
 
 def test_a_resume_may_not_switch_the_optimizer():

@@ -3,9 +3,11 @@
 For each mesh: the losses of 5 train steps and the per-device bytes of params + Adam state;
 "pmap": the same steps as a pmap + pmean data-parallel step over 8 devices, the classic
 reference the sharded jit replaces (its params are compared with the 8x1x1 mesh's).
+MESH_MODEL (JSON, optional) overrides model fields, e.g. the modern switches.
 """
 
 import json
+import os
 import sys
 
 import jax
@@ -20,6 +22,7 @@ from minigpt_jax.run import TrainState
 V, T, B, STEPS = 48, 16, 16, 5
 CONFIG = config.base_config()
 CONFIG.model.update(block_size=T, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
+CONFIG.model.update(json.loads(os.environ.get("MESH_MODEL", "{}")))  # e.g. blocks_test's switches
 CONFIG.opt.update(schedule="nanogpt", lr=1e-2, min_lr=1e-3, warmup_iters=2, lr_decay_iters=10)
 CONFIG.train.update(batch_size=B, seed=0)
 rng = np.random.default_rng(0)

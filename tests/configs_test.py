@@ -26,6 +26,7 @@ VARIANTS = {
     "day20.py": ("", "smoke"),
     "mini_gpt.py": ("", "smoke"),
     "frost.py": ("", "smoke"),
+    "modern.py": ("", "cpu", "smoke"),
 }
 # The fields train.py, optimizer.py and sharding.py read from each section.
 FIELDS = {

@@ -87,6 +87,10 @@ def _num(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def _cell(m: dict[str, Any], digits: int) -> str:
     if m["mean"] is None:
         return "-"
@@ -120,7 +124,7 @@ def markdown(root: pathlib.Path, manifest: dict, rows: list[dict], sort_by: str)
         )
         test = row["vs_baseline"].get(sort_by)
         diff = "(baseline)" if test is None else _num(test["diff"], digits)
-        p = "" if test is None else _num(test["p"], 3)
+        p = "" if test is None else _p(test["p"])
         verdict = "" if test is None else test["verdict"]
         cells = [row["arm"], _states(row), _cell(m, digits), ci, diff, p, verdict]
         lines.append("| " + " | ".join(cells) + " |")
@@ -136,8 +140,20 @@ def markdown(root: pathlib.Path, manifest: dict, rows: list[dict], sort_by: str)
             else "-"
         )
         lines.append(f"| {row['arm']} | " + " | ".join(cells) + f" | {reached} |")
+    tested = [k for k in METRICS if k != "target_tokens"]  # tokens are steps times a constant
+    lines += ["", f"Each metric against the baseline `{baseline}` (Welch's p in parentheses):", ""]
+    lines += ["| arm | " + " | ".join(METRICS[k][0] for k in tested) + " |"]
+    lines.append("|---" * (len(tested) + 1) + "|")
+    for row in rows:
+        if row["arm"] != baseline:
+            cells = [_verdict(row["vs_baseline"][k]) for k in tested]
+            lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
     lines += ["", "![val curves](val_curves.png)", "", "![finals](finals.png)", ""]
     return "\n".join(lines)
+
+
+def _verdict(test: dict[str, Any]) -> str:
+    return test["verdict"] + (f" ({_p(test['p'])})" if test["p"] is not None else "")
 
 
 def _states(row: dict) -> str:
@@ -163,6 +179,7 @@ def plot_curves(arms: dict, out: pathlib.Path) -> pathlib.Path:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     key = _curve_key([r for runs in arms.values() for r in runs])
+    later = []  # values past the first eval: the init's loss would flatten the rest
     for name, runs in arms.items():
         by_step: dict[int, list[float]] = {}
         for run in runs:
@@ -176,6 +193,10 @@ def plot_curves(arms: dict, out: pathlib.Path) -> pathlib.Path:
         (line,) = ax.plot(steps, mean, marker="o", ms=2, lw=1, label=name)
         lo, hi = [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps]
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        later += [v for s, lo_, hi_ in zip(steps, lo, hi) if s > steps[0] for v in (lo_, hi_)]
+    if later:
+        pad = 0.05 * (max(later) - min(later) or 1.0)
+        ax.set_ylim(min(later) - pad, max(later) + pad)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{key} (nats): mean over seeds, min-max band")
     ax.grid(alpha=0.3)

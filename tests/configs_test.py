@@ -78,7 +78,8 @@ def test_variant_loads_and_holds_what_train_reads(name: str, variant: str):
     assert min(t.batch_size, t.grad_accum, t.max_iters, t.eval_iters, t.ckpt_interval) > 0
     assert t.init_from in ("resume", "scratch")
     tokens = t.batch_size * cfg.model.block_size * t.grad_accum
-    optimizer.make_optimizer(cfg.opt, optimizer.make_schedule(cfg.opt, tokens))
+    muon = optimizer.muon_schedule(cfg.opt, tokens) if cfg.opt.optimizer == "muon" else None
+    optimizer.make_optimizer(cfg.opt, optimizer.make_schedule(cfg.opt, tokens), muon)
     sharding.mesh_shape(cfg.mesh, 1)  # this CPU: every config runs on one device
 
 

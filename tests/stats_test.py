@@ -2,6 +2,7 @@
 against scipy.stats."""
 
 import math
+import warnings
 
 import pytest
 from scipy import stats as sp
@@ -44,6 +45,16 @@ def test_welch_matches_its_formula_and_scipy():
     ref = sp.ttest_ind(A, B, equal_var=False)
     assert (w["t"], w["p"]) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-12)
     assert w["p"] < 0.05  # these two groups differ
+
+
+def test_welch_with_one_side_all_equal_is_scipys_number_without_its_warning(recwarn):
+    a, b = [1250.0, 1250.0, 1250.0], [1500.0, 1750.0, 1750.0]
+    w = stats.welch(a, b)
+    assert not [x for x in recwarn if issubclass(x.category, RuntimeWarning)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's precision-loss warning
+        ref = sp.ttest_ind(a, b, equal_var=False)
+    assert (w["t"], w["p"]) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9)
 
 
 def test_welch_is_undefined_with_one_value_or_no_spread():

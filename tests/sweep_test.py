@@ -235,3 +235,17 @@ def test_a_sigkilled_sweep_started_again_ends_as_one_uninterrupted(finished, fil
         done, ref = root / f"activation={arm}/seed_0", finished[0] / f"{arm}/seed_0"
         assert _evals(done) == _evals(ref)
         assert json.loads((done / "summary.json").read_text())["finished"]
+
+
+def test_the_committed_sweep_report_is_what_its_run_files_give(tmp_path):
+    """experiments/sweep_basics: the numbers of its README come from the run files beside it."""
+    from minigpt_jax import sweep_report
+
+    folder = ROOT / "experiments/sweep_basics"
+    sweep_report.report(folder, tmp_path)
+    fresh = json.loads((tmp_path / "report.json").read_text())["arms"]
+    kept = json.loads((folder / "report.json").read_text())["arms"]
+    assert [r["metrics"] for r in fresh] == [r["metrics"] for r in kept]
+    rows = {r["arm"]: r for r in fresh}
+    assert round(rows["nanogpt"]["metrics"]["final_val_loss_full"]["mean"], 4) == 1.8990
+    assert rows["relu"]["vs_baseline"]["final_val_loss_full"]["verdict"] == "better"

@@ -206,3 +206,14 @@ def test_source_smoke_trains_and_writes_samples(name, corpus, tmp_path, capsys):
     assert cfg.sample.prompt in text
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final_train_loss"] == evals[-1]["train_loss"]
+
+
+def test_the_modern_experiments_recipe_arm_is_configs_modern_cpu():
+    """experiments/modern/sweep.py's 'modern' arm on shakespeare_char:cpu is modern.py:cpu."""
+    from minigpt_jax import sweep_spec
+
+    path = str(ROOT / "experiments/modern/sweep.py")
+    base = load("shakespeare_char.py").get_config("cpu")
+    arm = next(a for a in sweep_spec.file_arms(base, path) if a["name"] == "modern")
+    recipe = sweep_spec.run_config(base, arm, seed=base.train.seed)
+    assert recipe.to_dict() == load("modern.py").get_config("cpu").to_dict()

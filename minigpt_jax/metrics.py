@@ -52,7 +52,7 @@ class MetricsWriter:
         Each record gets `time` (unix seconds) and `elapsed_s`: seconds since this process
         started the run (perf_counter `started`), plus the last kept record's, across resumes."""
         initial = -1 if resume_step is None else resume_step
-        self.enabled = enabled
+        self.enabled, self.total = enabled, total
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self._file = self._tb = None
         self._started = time.perf_counter() if started is None else started
@@ -88,14 +88,16 @@ class MetricsWriter:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(f"{kind}/{name}", value, step)
         if kind == "train":
-            short = {k: round(v, 4) for k, v in values.items() if k in ("loss", "lr")}
-            self.bar.set_postfix(short, refresh=False)
-            if not self.interactive:
-                self.log(
-                    f"iter {step}: loss {values['loss']:.4f}, time {values['ms_per_iter']:.1f}ms, "
-                    f"{values['tokens_per_s']:.0f} tok/s, lr {values['lr']:.2e}, "
-                    f"grad norm {values['grad_norm']:.3f}"
-                )
+            self.bar.set_postfix_str(f"loss {values['loss']:.4f}", refresh=False)
+            # The same line on a terminal (above the bar) and off it (CI, nohup, a sweep's log):
+            # where the run is, and how long the rest takes at the last interval's pace.
+            eta = max(self.total - step, 0) * values["ms_per_iter"] / 1000
+            self.log(
+                f"step {step}/{self.total}: loss {values['loss']:.4f}, lr {values['lr']:.4e}, "
+                f"{values['ms_per_iter']:.1f} ms/step, {values['tokens_per_s']:.0f} tok/s, "
+                f"grad norm {values['grad_norm']:.3f}, elapsed {duration(elapsed)}, "
+                f"ETA {duration(eta)}"
+            )
         else:
             self.log(f"step {step}: {describe_eval(values)}")
 
@@ -124,6 +126,13 @@ class MetricsWriter:
 
 
 SAMPLES_DIR = "samples"
+
+
+def duration(seconds: float) -> str:
+    """'1:02:03' or '2:03': hours only when there are any."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def describe_eval(r: dict) -> str:

@@ -104,15 +104,22 @@ def test_writer_mirrors_finite_scalars_to_tensorboard(tmp_path):
 
 
 def test_writer_off_a_terminal_prints_a_plain_line_per_record(tmp_path, capsys):
-    w = metrics.MetricsWriter(tmp_path, total=10)
-    w.write("train", 3, _train(loss=2.5, ms=12.5, lr=6e-4))
+    """Where the run is (step/max, elapsed, ETA at the interval's pace) and lr in full."""
+    w = metrics.MetricsWriter(tmp_path, total=1000, started=time.perf_counter() - 75)
+    w.write("train", 3, _train(loss=2.5, ms=125.0, lr=6.12344e-4))
     w.write("eval", 4, _eval(2.4, 2.6))
     w.close()
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "iter 3: loss 2.5000, time 12.5ms, 1000 tok/s, lr 6.00e-04, grad norm 0.500",
+        "step 3/1000: loss 2.5000, lr 6.1234e-04, 125.0 ms/step, 1000 tok/s, grad norm 0.500, "
+        "elapsed 1:15, ETA 2:05",  # 997 steps at 125 ms
         "step 4: " + metrics.describe_eval(_eval(2.4, 2.6)),
     ]
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (3723, "1:02:03")])
+def test_durations_read_as_clock_time(seconds, text):
+    assert metrics.duration(seconds) == text
 
 
 def test_resumed_writer_keeps_records_up_to_the_resume_step_and_drops_later(tmp_path):

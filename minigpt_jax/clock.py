@@ -26,12 +26,16 @@ class Clock:
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
 
-    def breakdown(self, loop: float) -> dict[str, float]:
-        """Each phase's seconds and the total since the process started; `train` is what the
-        step loop (`loop` seconds) spent outside the other phases timed inside it."""
+    def end_loop(self, loop: float) -> None:
+        """The step loop took `loop` seconds: what it spent outside the phases timed inside it
+        (compile, evals, samples, saves) is `train`. Called as the loop ends, before anything
+        after it is timed."""
         inside = sum(self.seconds.get(p, 0.0) for p in ("compile", "eval", "samples", "checkpoint"))
+        self.seconds["train"] = max(loop - inside, 0.0)
+
+    def breakdown(self) -> dict[str, float]:
+        """Each phase's seconds, and the total since the process started."""
         out = {p: self.seconds.get(p, 0.0) for p in PHASES}
-        out["train"] = max(loop - inside, 0.0)
         out["total"] = time.perf_counter() - startup.STARTED
         return {k: round(v, 3) for k, v in out.items()}
 

@@ -150,14 +150,14 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
                     )
             finally:
                 writer.close()
-                loop_s = time.perf_counter() - loop_started
+                timer.end_loop(time.perf_counter() - loop_started)
         finally:
             with timer("checkpoint"):  # the save in flight
                 faults.close(ckpt)  # waits for it; no orbax thread outlives a failure
     if is_main:
         with timer("end"):
             metrics.plot_losses(workdir, run.tokens_per_step)
-        results["wall"] = timer.breakdown(loop_s)
+        results["wall"] = timer.breakdown()
         params = {"nanogpt_count": nano, "total": total}
         wall_s = time.perf_counter() - started
         summary.write_summary(

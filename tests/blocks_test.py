@@ -15,20 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import ROOT, TINY, init_params
+from conftest import ROOT, SWITCHES, TINY, init_params
 
 from minigpt_jax import blocks, config
 from minigpt_jax.model import abstract_params, make_model
 from minigpt_jax.model_config import ModelConfig
 
-SWITCHES = {
-    "rotary": {"pos_emb": "rotary"},
-    "rmsnorm": {"norm": "rmsnorm"},
-    "qk_norm": {"qk_norm": True},
-    "relu2": {"activation": "relu2"},
-    "softcap": {"logit_softcap": 0.5},
-    "zero_init_proj": {"zero_init_proj": True},
-}
 ALL_ON = {k: v for change in SWITCHES.values() for k, v in change.items()}
 OFF = dict(pos_emb="learned", rope_base=10000.0, norm="layernorm", qk_norm=False,
            logit_softcap=0.0, zero_init_proj=False)  # fmt: skip

@@ -17,6 +17,16 @@ CACHE = os.environ.setdefault("MINIGPT_CACHE", os.path.join(tempfile.gettempdir(
 jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
+# The modern model switches, each as the ModelConfig fields that turn it on (tiny values).
+SWITCHES = {
+    "rotary": {"pos_emb": "rotary"},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"activation": "relu2"},
+    "softcap": {"logit_softcap": 0.5},
+    "zero_init_proj": {"zero_init_proj": True},
+}
+
 TINY = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 

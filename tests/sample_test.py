@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, init_params, one_line_error
+from conftest import SWITCHES, TINY, init_params, one_line_error
 
 from minigpt_jax import sample
 
@@ -14,16 +14,8 @@ VARIANTS = {
     "bias_untied": dataclasses.replace(TINY, bias=True, tie_embeddings=False),
     "bigram": dataclasses.replace(TINY, arch="bigram"),
 }
-# The modern switches (blocks_test.py), each alone and all together.
-SWITCHES = {
-    "rotary": {"pos_emb": "rotary"},
-    "rmsnorm": {"norm": "rmsnorm"},
-    "qk_norm": {"qk_norm": True},
-    "relu2": {"activation": "relu2"},
-    "softcap": {"logit_softcap": 0.5},
-    "zero_init_proj": {"zero_init_proj": True},
-}
-SWITCHES["modern"] = {k: v for change in SWITCHES.values() for k, v in change.items()}
+# The modern switches (conftest.py), each alone and all together.
+SWITCHES = {**SWITCHES, "modern": {k: v for c in SWITCHES.values() for k, v in c.items()}}
 VARIANTS |= {name: dataclasses.replace(TINY, **change) for name, change in SWITCHES.items()}
 
 

@@ -2,8 +2,8 @@
 
 Base: configs/shakespeare_char.py:cpu. Arms: the nanoGPT baseline, the baseline at lr 3e-3
 (the better lr of experiments/sweep_basics), each switch of configs/modern.py added alone, and
-the whole recipe (configs/modern.py:cpu). The recipe with each switch removed alone is the
-sweep's next growth (`minigpt sweep --root ... --sweep` with those arms appended).
+the whole recipe (configs/modern.py:cpu), and the recipe with each switch removed alone
+(appended after the first 33 runs: a sweep root may only grow).
 """
 
 RECIPE = {
@@ -32,9 +32,14 @@ def get_sweep() -> list[dict]:
         {"name": "untied", "model.tie_embeddings": False},
         {"name": "muon", **{k: RECIPE[k] for k in MUON}},
     ]
+    without = [
+        {"name": f"modern_no_{arm['name']}", **{k: v for k, v in RECIPE.items() if k not in arm}}
+        for arm in alone
+    ]
     return [
         {"name": "nanogpt"},
         {"name": "nanogpt_lr3e-3", "opt.lr": 3e-3},
         *alone,
         {"name": "modern", **RECIPE},
+        *without,
     ]

@@ -65,7 +65,7 @@ def _prepare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import clock, metrics, train, workdir
+    from minigpt_jax import clock, header, metrics, train, workdir
     from minigpt_jax import config as config_lib
 
     run_dir = _need(FLAGS, "workdir", "e.g. --workdir runs/cpu")
@@ -73,7 +73,9 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
         config = config_lib.from_saved(workdir.read_config(run_dir))  # the run's own config
     else:
         config = _config(FLAGS)
-    results = train.train_and_evaluate(config, run_dir, overwrite=FLAGS.overwrite)
+    results = train.train_and_evaluate(
+        config, run_dir, overwrite=FLAGS.overwrite, source=header.source_of(argv)
+    )
     if results.get("wall"):
         print(clock.describe(results["wall"]))
     if results["stopped_by"] == "target":
@@ -257,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt {command}: error: no such config field {one_line(inner)}", file=sys.stderr)
         return 2
     try:
-        if "cpu_devices" in FLAGS and FLAGS.cpu_devices is not None:
-            startup.split_cpu(FLAGS.cpu_devices)
+        spec = FLAGS.cpu_devices if "cpu_devices" in FLAGS else None
+        if spec == "auto":
+            spec = startup.auto_cpu_devices(FLAGS.config, FLAGS.workdir)
+        if spec is not None:
+            startup.split_cpu(int(spec))
         if command not in JAX_FREE:
             startup.compilation_cache()
         run(FLAGS, argv[1:] if command in ("train", "sweep") else extra)

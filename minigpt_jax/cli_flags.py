@@ -103,11 +103,16 @@ def _config(f: flags.FlagValues, argv: list[str]) -> None:
     f["config"].parser = _ConfigFileParser()
 
 
-def _cpu_devices(f: flags.FlagValues) -> None:
-    flags.DEFINE_integer(
-        "cpu_devices", None, "Split the host CPU into N XLA devices, so a data-parallel mesh runs "
-        "one step on all cores (jax's CPU backend otherwise keeps small steps on about one).",
-        lower_bound=1, flag_values=f,
+def _cpu_devices(f: flags.FlagValues, default: str | None = None) -> None:
+    flags.DEFINE_string(
+        "cpu_devices", default, "Split the host CPU into N XLA devices, so a data-parallel mesh "
+        "runs one step on all cores (jax's CPU backend otherwise keeps small steps on about one). "
+        "'auto': one device per core this process may use when train.batch_size divides by it, "
+        "else 1.", flag_values=f,
+    )  # fmt: skip
+    flags.register_validator(
+        "cpu_devices", lambda v: v is None or v == "auto" or (v.isdigit() and int(v) >= 1),
+        "--cpu_devices must be auto or a whole number >= 1", flag_values=f,
     )  # fmt: skip
 
 
@@ -137,7 +142,7 @@ def train(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_bool(
         "overwrite", False, "With init_from=scratch, discard the run's checkpoints.", flag_values=f
     )
-    _cpu_devices(f)
+    _cpu_devices(f, "auto")
 
 
 def eval_(f: flags.FlagValues, argv: list[str]) -> None:

@@ -108,8 +108,12 @@ class MetricsWriter:
         directory = self.path.parent / SAMPLES_DIR
         directory.mkdir(exist_ok=True)
         atomic_write_bytes(directory / f"step_{step:06d}.txt", text.encode())
-        # Markdown in TensorBoard: indent four spaces so the text shows verbatim.
-        self._tb.add_text("samples", "\n".join("    " + line for line in text.split("\n")), step)
+        self.write_text("samples", text, step)
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        """A TensorBoard text entry (the samples, the run's config)."""
+        if self.enabled:  # Markdown there: four spaces of indent show the text verbatim
+            self._tb.add_text(tag, "\n".join("    " + line for line in text.split("\n")), step)
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)

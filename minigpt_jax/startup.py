@@ -10,6 +10,7 @@ import pathlib
 import signal
 import sys
 import time
+from typing import Any
 
 from minigpt_jax.errors import UsageError
 
@@ -54,6 +55,47 @@ def split_cpu(n: int) -> None:
     # Only a process about to start jax changes its XLA_FLAGS (they outlive this call).
     flag = f"--xla_force_host_platform_device_count={n}"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
+def auto_cpu_devices(config: Any, workdir: str | None) -> int | None:
+    """--cpu_devices auto for train's config (--config, or the config.json of a --workdir resumed
+    alone): a run resumes on the device count it started with (config.json's source records it:
+    another count changes the floats' sums, and a long run drifts from them); a new one takes
+    one XLA device per core this process may use (a sweep's share, or a taskset's) when the
+    batch splits evenly over them and the mesh is data-parallel over all devices, else 1.
+    None leaves jax's count alone: a multi-process run, XLA_FLAGS that already set the count,
+    a jax already started, or no config to read (train then says why)."""
+    if "jax" in sys.modules or "xla_force_host_platform_device_count" in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        return None
+    saved = _saved_config(pathlib.Path(workdir) / "config.json") if workdir else None
+    config = saved[0] if config is None and saved is not None else config
+    if getattr(config, "train", None) is None:
+        return None
+    if config.dist.num_processes > 1 or config.dist.auto:
+        return None
+    started_on = (saved[1].get("source") or {}).get("cpu_devices") if saved else None
+    if isinstance(started_on, int) and started_on >= 1:
+        return started_on
+    mesh = dict(config.mesh)
+    if mesh.get("data") != -1 or any(v != 1 for k, v in mesh.items() if k != "data"):
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    return cores if config.train.batch_size % cores == 0 else 1
+
+
+def _saved_config(path: pathlib.Path) -> tuple[Any, dict] | None:
+    """(config, raw JSON) of a run's config.json, read without starting jax."""
+    import json
+
+    from minigpt_jax import config as config_lib
+
+    try:  # not workdir.read_config: that module starts jax
+        raw = json.loads(path.read_text("utf-8"))
+        return config_lib.from_saved(raw), raw
+    except Exception:  # missing or damaged: train reports it in its own words
+        return None
 
 
 def compilation_cache() -> None:

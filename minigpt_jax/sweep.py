@@ -142,7 +142,7 @@ class Launcher:
         for proc, _ in self.active.values():
             proc.send_signal(forward)
 
-    def run(self, free: list[Slot], cpu_devices: int | None, retry_failed: bool) -> dict[str, int]:
+    def run(self, free: list[Slot], cpu_devices: str | None, retry_failed: bool) -> dict[str, int]:
         runs = self.manifest["runs"]
         todo = []
         for rid, record in runs.items():
@@ -172,7 +172,7 @@ class Launcher:
             counts[record["state"]] = counts.get(record["state"], 0) + 1
         return counts
 
-    def _start(self, rid: str, slot: Slot, cpu_devices: int | None) -> None:
+    def _start(self, rid: str, slot: Slot, cpu_devices: str | None) -> None:
         record = self.manifest["runs"][rid]
         workdir = self.root / rid
         make_dir(workdir, "--root")
@@ -180,6 +180,13 @@ class Launcher:
             arm = next(a for a in self.manifest["arms"] if a["name"] == record["arm"])
             base = config_lib.from_saved(self.manifest["base_config"])
             cfg = sweep_spec.run_config(base, arm, record["seed"]).to_dict()
+            named = self.manifest.get("source") or {}
+            cfg["source"] = {  # what a train command of this run alone would have named
+                "config": named.get("config"),
+                "overrides": [*named.get("overrides", []), *sweep_spec.as_flags(arm),
+                              f"--config.{sweep_spec.SEED_FIELD}={record['seed']}"],
+                "command": f"minigpt sweep --root {self.root} (arm {arm['name']})",
+            }  # fmt: skip
             atomic_write_bytes(
                 workdir / workdir_lib.CONFIG_FILE, json.dumps(cfg, indent=2).encode()
             )
@@ -243,7 +250,7 @@ def sweep(
     manifest: dict[str, Any],
     *,
     parallel: int = 1,
-    cpu_devices: int | None = None,
+    cpu_devices: str | None = None,
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any
 from ml_collections import config_dict
 
 from minigpt_jax import config as config_lib
+from minigpt_jax import header
 from minigpt_jax.errors import UsageError, one_line
 
 Arm = dict[str, Any]
@@ -152,13 +153,15 @@ def run_config(c: config_dict.ConfigDict, arm: Arm, seed: int) -> config_dict.Co
     return out
 
 
+def as_flags(arm: Arm) -> list[str]:
+    """An arm's overrides as the --config.* flags that set them."""
+    return [f"--config.{k}={v}" for k, v in arm["overrides"].items()]
+
+
 def source(argv: list[str]) -> dict[str, Any]:
     """For the manifest: the --config a command named and its --config.* overrides."""
-    named = [b if a == "--config" else a.removeprefix("--config=")
-             for a, b in zip(argv, [*argv[1:], ""])
-             if a == "--config" or a.startswith("--config=")]  # fmt: skip
-    overrides = [a for a in argv if a.startswith("--config.")]
-    return {"config": named[-1] if named else None, "overrides": overrides}
+    named = header.source_of(argv)
+    return {"config": named["config"], "overrides": named["overrides"]}
 
 
 def parse_seeds(text: str) -> list[int]:

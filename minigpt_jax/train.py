@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import pathlib
 import signal
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from minigpt_jax import checkpoint, clock, data, faults, files, metrics, sharding, startup, summary
 from minigpt_jax import config as config_lib
+from minigpt_jax import header as header_lib
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import run as run_lib
 from minigpt_jax import workdir as workdir_lib
@@ -29,11 +31,12 @@ EVAL_KEYS = ("train_loss", "val_loss", "val_loss_full", "val_bpc")
 
 
 def train_and_evaluate(
-    cfg: Any, workdir: str | pathlib.Path, *, overwrite: bool = False
+    cfg: Any, workdir: str | pathlib.Path, *, overwrite: bool = False, source: dict | None = None
 ) -> dict[str, Any]:
     """Trains cfg in workdir, resuming from its newest readable checkpoint. Returns the last
     eval metrics plus 'step' and 'stopped_by' (a signal name, 'target' when it reached
-    train.target_val_loss, or None when it ran to max_iters)."""
+    train.target_val_loss, or None when it ran to max_iters). source (header.source_of): the
+    command that named cfg, kept in config.json and printed in the header."""
     if "://" in str(workdir):
         raise UsageError(f"--workdir {workdir}: only local or shared-filesystem paths work so far")
     workdir = pathlib.Path(workdir)
@@ -43,7 +46,7 @@ def train_and_evaluate(
     # Terminated (nothing written yet), then it asks for a stop that saves and unlocks.
     stop = StopRequest(armed=False)
     try:
-        return _train(cfg, workdir, overwrite, stop)
+        return _train(cfg, workdir, overwrite, stop, source)
     except Exception as e:
         if isinstance(e, UsageError) or not faults.is_disk_full(e):
             raise
@@ -52,7 +55,9 @@ def train_and_evaluate(
         stop.close()
 
 
-def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) -> dict:
+def _train(
+    cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest, source: dict | None
+) -> dict:
     """train_and_evaluate once the config is checked and signals are handled."""
     started = time.perf_counter()
     timer = clock.Clock()
@@ -106,12 +111,16 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
             else:
                 state = run.init_state()
             if is_main:
-                workdir_lib.write_run_files(workdir, resolved, meta)
+                run_files = workdir_lib.with_source(workdir, resolved, source)
+                source = run_files.get("source")
+                workdir_lib.write_run_files(workdir, run_files, meta)
             nano, total = count_params(state.params)
-            log(
-                f"number of parameters: {nano / 1e6:.2f}M (nanoGPT's count, without wpe); "
-                f"{total / 1e6:.2f}M in all ({total:,})"
-            )
+            for line in header_lib.lines(
+                cfg, run.model_cfg, run.mesh, source=source, params=(nano, total),
+                tokens_per_step=run.tokens_per_step,
+                resume_step=int(state.step) if resume else None,
+            ):  # fmt: skip
+                log(line)
             run_eval = functools.partial(
                 evaluate,
                 run.eval_step,
@@ -129,6 +138,7 @@ def _train(cfg: Any, workdir: pathlib.Path, overwrite: bool, stop: StopRequest) 
                 enabled=is_main,
                 started=started,
             )
+            writer.write_text("config", json.dumps(run_files if is_main else {}, indent=2), 0)
             timer.seconds["startup"] = time.perf_counter() - startup.STARTED
             loop_started = time.perf_counter()
             try:

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from flax.traverse_util import flatten_dict
 
 from minigpt_jax.checkpoint import CKPT_DIR, Checkpointer
@@ -57,6 +58,23 @@ FIXED_ON_RESUME = (
     "opt.decay_mask",
     "opt.optimizer",  # Muon's groups change the optimizer state's structure
 )
+
+
+def with_source(workdir: str | pathlib.Path, config: dict, source: dict | None) -> dict:
+    """config plus its `source` (header.source_of): a start by `--workdir` alone (a resume, or a
+    sweep's run) keeps the config file and overrides its config.json already names; on a CPU
+    host, the XLA device count it runs on."""
+    if source is None:
+        return config
+    try:
+        old = json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_bytes()).get("source") or {}
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    if source.get("config") is None and old.get("config"):
+        source = {**old, "command": source["command"]}
+    if jax.default_backend() == "cpu":  # --cpu_devices auto resumes on as many (startup.py)
+        source = {**source, "cpu_devices": jax.device_count()}
+    return {**config, "source": source}
 
 
 def write_run_files(workdir: str | pathlib.Path, config: dict, meta: dict) -> None:
@@ -124,6 +142,8 @@ def read_run(workdir: str | pathlib.Path) -> tuple[dict, dict, ModelConfig]:
 
 def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(refused, allowed) differences between a run's saved config and a resume's config."""
+    # Where a config came from is not the config: a resume may name it otherwise.
+    old, new = ({k: v for k, v in c.items() if k != "source"} for c in (old, new))
     a, b = flatten_dict(old, sep="."), flatten_dict(new, sep=".")
     # A run saved before a model field existed ran with that field's default.
     defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)}

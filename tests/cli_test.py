@@ -36,6 +36,7 @@ def smoke_run(corpus, tmp_path_factory):
     assert prep.returncode == 0, prep.stderr
     run = minigpt("train", "--config", SMOKE, "--workdir", "run", "--config.data.dir=data", cwd=tmp)
     assert run.returncode == 0, run.stderr
+    (tmp / "train.out").write_text(run.stdout)
     return tmp
 
 
@@ -100,6 +101,29 @@ def test_train_with_a_workdir_alone_resumes_with_its_own_config(smoke_run, monke
     assert cli.main(["minigpt", "train", "--workdir", "alone"]) == 0
     out = capsys.readouterr().out
     assert "resuming from" in out and "(step 150)" in out and "done:" in out
+    # The config it came from is still named; the command is the resume's.
+    assert f"config: {SMOKE}, --config.data.dir=data\n" in out
+    assert "budget: 150 steps x 512 tokens = 0.08M tokens, resuming at step 150" in out
+    source = json.loads((smoke_run / "alone/config.json").read_text())["source"]
+    assert source == {"config": SMOKE, "overrides": ["--config.data.dir=data"],
+                      "command": "minigpt train --workdir alone"}  # fmt: skip
+
+
+def test_the_log_starts_with_a_header_of_what_runs(smoke_run):
+    """Off a terminal too: the config and overrides, the devices and mesh (train's default
+    --cpu_devices auto: a device per core when the batch splits), the budget, the model."""
+    lines = (smoke_run / "train.out").read_text().splitlines()
+    cores = len(os.sched_getaffinity(0))
+    n = cores if 16 % cores == 0 else 1
+    assert lines[0] == f"config: {SMOKE}, --config.data.dir=data"
+    assert lines[1] == f"devices: {n} x cpu (1 process); mesh data {n} x fsdp 1 x tensor 1"
+    assert lines[2].startswith("budget: 150 steps x 512 tokens = 0.08M tokens, from scratch;")
+    assert lines[3] == "model: 2 layers, 2 heads, 32 wide, block 32, vocab 65, float32"
+    assert lines[4].startswith("number of parameters: 0.03M")
+    source = json.loads((smoke_run / "run/config.json").read_text())["source"]
+    assert source["command"] == f"minigpt train --config {SMOKE} --workdir run " + (
+        "--config.data.dir=data"
+    )
 
 
 def test_every_run_writes_samples_and_a_curve_with_lr_and_tokens(smoke_run):

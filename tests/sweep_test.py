@@ -161,7 +161,8 @@ def finished(files, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep") / "root"
     parallel = str(min(2, len(os.sched_getaffinity(0))))
     argv = ["minigpt", "sweep", "--config", str(files / "tiny.py"), "--root", str(root),
-            "--sweep", str(files / "sweep.py"), "--seeds", "2", "--parallel", parallel]  # fmt: skip
+            "--sweep", str(files / "sweep.py"), "--seeds", "2", "--parallel", parallel,
+            "--cpu_devices", "1"]  # fmt: skip
     return root, cli.main(argv)
 
 
@@ -218,7 +219,8 @@ def test_a_sigkilled_sweep_started_again_ends_as_one_uninterrupted(finished, fil
     root = tmp_path / "root"
     command = [sys.executable, "-m", "minigpt_jax.cli", "sweep", "--config",
                str(files / "tiny.py"), "--root", str(root), "--grid",
-               "model.activation=gelu,relu", "--seeds", "1"]  # fmt: skip
+               "model.activation=gelu,relu", "--seeds", "1",
+               "--cpu_devices", "1"]  # as the finished sweep: the same sums  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = root / "activation=relu/seed_0"
     deadline = time.monotonic() + 120

@@ -22,7 +22,7 @@ commands:
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
   train    --workdir DIR          resumes (or starts) a run from the config.json it holds
   eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
-  sample   --workdir DIR [--prompt TEXT | --prompt_file FILE] [--num_samples N] [--out FILE]
+  sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
@@ -104,7 +104,7 @@ def _sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     prompt = files.read_text(FLAGS.prompt_file) if FLAGS.prompt_file else FLAGS.prompt
     out = files.out_path(FLAGS.out)
     sample_run.sample_run(
-        workdir, prompt, seed=FLAGS.seed, max_new_tokens=FLAGS.max_new_tokens,
+        workdir, prompt, step=FLAGS.step, seed=FLAGS.seed, max_new_tokens=FLAGS.max_new_tokens,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
         num_samples=FLAGS.num_samples, window=FLAGS.window, out=out,
     )  # fmt: skip

@@ -148,6 +148,7 @@ def eval_(f: flags.FlagValues, argv: list[str]) -> None:
 
 def sample(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("workdir", None, "The directory of a `minigpt train` run.", flag_values=f)
+    flags.DEFINE_string("step", "latest", "best, latest or a saved step number.", flag_values=f)
     flags.DEFINE_string("prompt", "\n", "The text to continue.", flag_values=f)
     flags.DEFINE_string("prompt_file", None, "Read the prompt from a file.", flag_values=f)
     flags.DEFINE_integer("max_new_tokens", 500, "Characters to generate.", flag_values=f)
@@ -155,7 +156,7 @@ def sample(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens.", flag_values=f)
     flags.DEFINE_float("top_p", 1.0, "Nucleus mass; 1 keeps every token.", flag_values=f)
     flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=f)
-    flags.DEFINE_integer("num_samples", 1, "Independent samples to draw.", flag_values=f)
+    flags.DEFINE_integer("num_samples", 1, "Samples to draw, as one batch.", flag_values=f)
     flags.DEFINE_enum(
         "window", "chunked", ["chunked", "exact"],
         "Past block_size, 'exact' crops like nanoGPT (a full forward per token); 'chunked' keeps "

@@ -21,7 +21,7 @@ commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
   train    --workdir DIR          resumes (or starts) a run from the config.json it holds
-  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
+  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR] [--per_token OUT.html]
   sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
@@ -90,11 +90,14 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _eval(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import eval_run, metrics
+    from minigpt_jax import eval_run, files, metrics
 
     workdir = _need(FLAGS, "workdir", "the directory of a `minigpt train` run")
-    step, r = eval_run.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.data_dir)
+    html = files.out_path(FLAGS.per_token, "--per_token")  # checked before any work
+    step, r = eval_run.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.data_dir, html)
     print(f"step {step}: {metrics.describe_eval(r)}")
+    if html:
+        print(f"wrote {html}: the val text coloured by each character's loss")
 
 
 def _sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:

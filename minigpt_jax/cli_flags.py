@@ -144,6 +144,8 @@ def eval_(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("workdir", None, "The directory of a `minigpt train` run.", flag_values=f)
     flags.DEFINE_string("step", "latest", "best, latest or a saved step number.", flag_values=f)
     flags.DEFINE_string("data_dir", None, "Data to use instead of the run's.", flag_values=f)
+    flags.DEFINE_string("per_token", None, "Also write an HTML page: the val text coloured by "
+                        "each character's loss.", flag_values=f)  # fmt: skip
 
 
 def sample(f: flags.FlagValues, argv: list[str]) -> None:

@@ -116,6 +116,7 @@ def base_config() -> config_dict.ConfigDict:
     # (step, tokens, seconds), and with stop_at_target the run ends there. 0: no target.
     c.train.target_val_loss = 0.0
     c.train.stop_at_target = True
+    c.train.log_norms = False  # each layer's grad, param and update norms in the train metrics
     c.train.profile_steps = ""  # 'START,N': a jax.profiler trace of N steps into WORKDIR/profile
 
     c.sample = config_dict.ConfigDict()  # written to <workdir>/samples/ at every eval

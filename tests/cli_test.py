@@ -195,6 +195,8 @@ def _bad_inputs(tmp, smoke_dir):
         ([*train, data_flag, "--config.model.block_size=200000"], "too short"),
         ([*train, data_flag, "--config.train.batch_size=0"], "batch_size"),
         ([*train, data_flag, "--config.opt.schedule=linear"], "opt.schedule"),
+        ([*train, data_flag, "--config.train.profile_steps=10"], "train.profile_steps"),
+        (["eval", "--workdir", run, "--per_token", "nodir/x.html"], "--per_token nodir"),
         ([*train, data_flag, "--config.mesh.data=3"], "needs 3 devices"),
         ([*resume, "--config.model.n_layer=3"], "model.n_layer: 2 -> 3"),
         ([*resume, "--config.train.init_from=scratch"], "--overwrite"),

@@ -23,7 +23,7 @@ commands:
   train    --workdir DIR          resumes (or starts) a run from the config.json it holds
   eval     --workdir DIR [--step best|latest|N] [--data_dir DIR] [--per_token OUT.html]
   sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
-  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
+  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--out FILE] [--vs torch]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
   convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR   import
@@ -119,7 +119,7 @@ def _bench_sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     config = _config(FLAGS) if FLAGS["config"].present else None
     bench_sample.run_sample(
         config, lengths=FLAGS.lengths, repeats=FLAGS.repeats, num_samples=FLAGS.num_samples,
-        torch_threads=FLAGS.torch_threads, table_out=FLAGS.out,
+        vs_torch=FLAGS.vs == "torch", torch_threads=FLAGS.torch_threads, table_out=FLAGS.out,
     )  # fmt: skip
 
 

@@ -111,6 +111,11 @@ def _cpu_devices(f: flags.FlagValues) -> None:
     )  # fmt: skip
 
 
+def _vs_torch(f: flags.FlagValues) -> None:
+    flags.DEFINE_enum("vs", None, ["torch"], "Also time PyTorch, in turn.", flag_values=f)
+    _torch_threads(f)
+
+
 def _torch_threads(f: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "torch_threads", 0, "torch.set_num_threads; 0 keeps torch's default.", lower_bound=0,
@@ -174,7 +179,7 @@ def bench_sample(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("num_samples", 1, "Rows per call.", lower_bound=1, flag_values=f)
     flags.DEFINE_string("out", None, "Also write the table to this file.", flag_values=f)
     _cpu_devices(f)
-    _torch_threads(f)
+    _vs_torch(f)
 
 
 def bench_train(f: flags.FlagValues, argv: list[str]) -> None:
@@ -183,11 +188,8 @@ def bench_train(f: flags.FlagValues, argv: list[str]) -> None:
         "steps", 20, "Timed steps after 3 warm-up steps.", lower_bound=1, flag_values=f
     )
     flags.DEFINE_string("out", None, "Also write the row as JSON to this file.", flag_values=f)
-    flags.DEFINE_enum(
-        "vs", None, ["torch"], "Also time the PyTorch reference, steps in turn.", flag_values=f
-    )
     _cpu_devices(f)
-    _torch_threads(f)
+    _vs_torch(f)
 
 
 def report(f: flags.FlagValues, argv: list[str]) -> None:

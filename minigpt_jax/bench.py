@@ -79,8 +79,9 @@ def describe_conditions(load_before: float | None, spreads: dict[str, float], n:
         lines.append("one sample has no spread: ratios cannot be judged; take more repeats")
     elif any(v > SPREAD_LIMIT for v in spreads.values()):
         lines.append(
-            f"ratios marked {UNRELIABLE}: a side's samples spread over {100 * SPREAD_LIMIT:.0f}% "
-            "of their median, so the machine was busy; rerun when it is quiet"
+            f"samples spread over {100 * SPREAD_LIMIT:.0f}% of their median: the machine was "
+            f"busy, the timings are noise and ratios from them are marked {UNRELIABLE}; rerun "
+            "when it is quiet"
         )
     return "\n".join(lines)
 

@@ -69,7 +69,7 @@ def test_conditions_say_the_load_the_spreads_and_what_is_unreliable():
     calm = bench.describe_conditions(0.5, {"ours": bench.rel_spread(steady)}, 3)
     assert "0.50 before" in calm and "ours 10%" in calm and "unreliable" not in calm
     loud = bench.describe_conditions(None, {"ours": 0.1, "PyTorch": 1.0}, 3)
-    assert "load average (1 min): unknown" in loud and "ratios marked unreliable" in loud
+    assert "load average (1 min): unknown" in loud and "are marked unreliable; rerun" in loud
     assert "no spread" in bench.describe_conditions(0.5, {"ours": 0.0}, 1)
 
 

@@ -25,6 +25,11 @@ from minigpt_jax.errors import require_torch
 from minigpt_jax.model import count_params
 
 VOCAB = 65  # Tiny Shakespeare's, when the config leaves vocab_size to the data
+# A ratio of two medians is flagged unreliable when either side's samples spread, max - min,
+# over more than this share of their median: on a quiet machine they stay within a few percent,
+# and a loaded one once printed "971.2x PyTorch".
+SPREAD_LIMIT = 0.25
+UNRELIABLE = "unreliable"
 
 
 def timed(run, n: int) -> float:
@@ -43,6 +48,42 @@ def markdown(columns: tuple, rows: list[dict]) -> str:
 
 def spread(mid: float, lo: float, hi: float, fmt: str) -> str:
     return f"{mid:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+
+
+def rel_spread(times: list[float]) -> float:
+    """(max - min) / median of one method's timed samples: how far apart they landed."""
+    return (max(times) - min(times)) / statistics.median(times)
+
+
+def unreliable(*samples: list[float]) -> bool:
+    """Whether a ratio of these samples' medians is noise: one of them spreads too far."""
+    return any(rel_spread(s) > SPREAD_LIMIT for s in samples if s)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work competing for cores."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def describe_conditions(load_before: float | None, spreads: dict[str, float], n: int) -> str:
+    """The lines a bench prints under its table: load, each method's spread, what is flagged."""
+    after = load_average()
+    load = "unknown" if load_before is None else f"{load_before:.2f} before, {after:.2f} after"
+    lines = [f"load average (1 min): {load}, on {os.cpu_count()} CPUs"]
+    listed = ", ".join(f"{name} {100 * v:.0f}%" for name, v in spreads.items())
+    lines.append(f"spread of the {n} timed samples, (max - min) / median: {listed}")
+    if n < 2:
+        lines.append("one sample has no spread: ratios cannot be judged; take more repeats")
+    elif any(v > SPREAD_LIMIT for v in spreads.values()):
+        lines.append(
+            f"samples spread over {100 * SPREAD_LIMIT:.0f}% of their median: the machine was "
+            f"busy, the timings are noise and ratios from them are marked {UNRELIABLE}; rerun "
+            "when it is quiet"
+        )
+    return "\n".join(lines)
 
 
 def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -88,6 +129,7 @@ def run_train(
     if vs_torch:
         torch_trainer = _torch_trainer(run, state.params, torch_threads)
     rng = jax.random.key(t.seed)
+    load_before = load_average()
     with run.activate():
         batch0 = run.host_batch(batches, 0)
         t0 = time.perf_counter()
@@ -140,6 +182,8 @@ def run_train(
         "peak_source": peak_source,
         "mfu": None if flops is None else flops / median / peak_total,
         "temp_bytes": _temp_bytes(compiled),
+        "spread": rel_spread(times),
+        "load_average": load_before,
     }
     if torch_times:
         torch = require_torch("torch_train").torch
@@ -151,16 +195,25 @@ def run_train(
             "threads": torch.get_num_threads(),
             "version": torch.__version__,
         }  # fmt: skip
+        row["torch"]["spread"] = rel_spread(torch_times)
         row["speedup_vs_torch"] = torch_median / median
+        row["speedup_reliable"] = not unreliable(times, torch_times)
     print(train_table([row]), file=out)
     if torch_times:
         tt = row["torch"]
+        flag = "" if row["speedup_reliable"] else f" ({UNRELIABLE})"
         print(
             f"PyTorch eager ({tt['version']}, {tt['threads']} threads), same steps in turn: "
             f"{tt['ms_per_iter']['median']:.1f} ms/iter median ({tt['ms_per_iter']['min']:.1f}"
-            f"-{tt['ms_per_iter']['max']:.1f}); ours is {row['speedup_vs_torch']:.2f}x its speed",
+            f"-{tt['ms_per_iter']['max']:.1f}); ours is {row['speedup_vs_torch']:.2f}x its "
+            f"speed{flag}",
             file=out,
         )
+    spreads = {
+        "ours": row["spread"],
+        **({"PyTorch": row["torch"]["spread"]} if torch_times else {}),
+    }
+    print(describe_conditions(load_before, spreads, steps), file=out)
     if json_path:
         files.atomic_write_bytes(json_path, json.dumps(row, indent=2).encode())
     return row

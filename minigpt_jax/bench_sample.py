@@ -4,7 +4,6 @@ and PyTorch's generate, on the same random weights and keys, at each length.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import statistics
@@ -16,7 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from minigpt_jax import decode, files, sample
+from minigpt_jax import bench, decode, files, sample
 from minigpt_jax.bench import VOCAB, markdown, spread, timed
 from minigpt_jax.config import model_config
 from minigpt_jax.errors import UsageError, require_torch
@@ -32,14 +31,20 @@ def run_sample(
     lengths: Sequence[int | str] = (500, 2000),
     repeats: int = 3,
     num_samples: int = 1,
+    vs_torch: bool = False,
     torch_threads: int = 0,
     out: TextIO | None = None,
     table_out: str | None = None,
 ) -> list[dict]:
     """Times each method at each length (random init, a one-token prompt) and prints a table.
-    The model is the config's (vocab 65 unless it says), or nanoGPT's 6/6/384 without one."""
+    The model is the config's (vocab 65 unless it says), or nanoGPT's 6/6/384 without one.
+    PyTorch's generate only with vs_torch: loading torch and its first call cost a minute."""
     out = out or sys.stdout  # looked up now: callers and tests swap sys.stdout
     table_path = files.out_path(table_out)  # checked before any work
+    if vs_torch and num_samples > 1:
+        raise UsageError("--vs torch times nanoGPT's generate, one row: drop --num_samples")
+    if vs_torch:
+        require_torch()  # before compiling anything: the line that says how to get it
     try:
         lengths = [int(n) for n in lengths]
     except ValueError:
@@ -60,9 +65,10 @@ def run_sample(
         METHODS[2]: lambda n: decode.recompute_generate(params, cfg, prompt, rng,
                                                         max_new_tokens=n, **kw),
     }  # fmt: skip
-    if importlib.util.find_spec("torch") is not None and num_samples == 1:
+    if vs_torch:
         runs[TORCH_METHOD] = _torch_generate(params, cfg, torch_threads)
     print(_machine(cfg, num_samples), file=out, flush=True)
+    load_before = bench.load_average()
     rows = []
     for n in lengths:
         compile_s = {m: timed(run, n) for m, run in runs.items()}
@@ -73,21 +79,24 @@ def run_sample(
             print(f"  {n} new tokens: repeat {r + 1}/{repeats} done", file=out, flush=True)
         ref = statistics.median(times[METHODS[2]])
         torch_ref = statistics.median(times[TORCH_METHOD]) if TORCH_METHOD in times else None
+        torch_times = times.get(TORCH_METHOD, [])
         for m in runs:
             med = statistics.median(times[m])
             rows.append(
                 dict(new_tokens=n, method=m, tok_s=num_samples * n / med, seconds=med,
-                     spread=(min(times[m]), max(times[m])), first_call_s=compile_s[m],
-                     speedup=ref / med, speedup_torch=torch_ref and torch_ref / med)
+                     spread=(min(times[m]), max(times[m])),
+                     rel_spread=bench.rel_spread(times[m]),
+                     first_call_s=compile_s[m], speedup=ref / med,
+                     speedup_torch=torch_ref and torch_ref / med,
+                     unreliable=bench.unreliable(times[m], times[METHODS[2]]),
+                     unreliable_torch=bench.unreliable(times[m], torch_times))
             )  # fmt: skip
     print(table(rows), file=out)
-    if TORCH_METHOD not in runs:
-        why = (
-            "num_samples > 1"
-            if num_samples > 1
-            else "torch is not installed (pip install -e '.[torch]')"
-        )
-        print(f"PyTorch comparison skipped: {why}.", file=out)
+    worst = max(rows, key=lambda r: r["rel_spread"])  # each row's own is in the table
+    spreads = {f"widest ({worst['method']}, {worst['new_tokens']})": worst["rel_spread"]}
+    print(bench.describe_conditions(load_before, spreads, repeats), file=out)
+    if not vs_torch:
+        print("PyTorch not timed: add --vs torch (loading torch takes a while).", file=out)
     if table_path:
         files.atomic_write_bytes(table_path, (table(rows) + "\n").encode())
     return rows
@@ -114,9 +123,17 @@ SAMPLE_COLUMNS = (
     ("tokens/s (median)", "r", lambda r: f"{r['tok_s']:.1f}"),
     ("seconds: median (min-max)", "l", lambda r: spread(r["seconds"], *r["spread"], ".2f")),
     ("first call s", "r", lambda r: f"{r['first_call_s']:.1f}"),
-    ("x recompute", "r", lambda r: f"{r['speedup']:.1f}x"),
-    ("x PyTorch", "r", lambda r: f"{r['speedup_torch']:.1f}x" if r.get("speedup_torch") else "-"),
+    ("spread", "r", lambda r: f"{100 * r['rel_spread']:.0f}%"),
+    ("x recompute", "r", lambda r: _ratio(r["speedup"], r["unreliable"])),
+    ("x PyTorch", "r", lambda r: _ratio(r.get("speedup_torch"), r.get("unreliable_torch"))),
 )
+
+
+def _ratio(value: float | None, flagged: bool | None) -> str:
+    """A ratio cell: '-' when not measured, marked when its samples spread too far."""
+    if not value:
+        return "-"
+    return f"{value:.1f}x" + (f" ({bench.UNRELIABLE})" if flagged else "")
 
 
 def table(rows: list[dict]) -> str:

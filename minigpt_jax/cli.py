@@ -21,9 +21,9 @@ commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
   train    --workdir DIR          resumes (or starts) a run from the config.json it holds
-  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR]
-  sample   --workdir DIR [--prompt TEXT | --prompt_file FILE] [--num_samples N] [--out FILE]
-  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--repeats R] [--out FILE]
+  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR] [--per_token OUT.html]
+  sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
+  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--out FILE] [--vs torch]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
   report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
   convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR   import
@@ -92,11 +92,14 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _eval(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import eval_run, metrics
+    from minigpt_jax import eval_run, files, metrics
 
     workdir = _need(FLAGS, "workdir", "the directory of a `minigpt train` run")
-    step, r = eval_run.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.data_dir)
+    html = files.out_path(FLAGS.per_token, "--per_token")  # checked before any work
+    step, r = eval_run.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.data_dir, html)
     print(f"step {step}: {metrics.describe_eval(r)}")
+    if html:
+        print(f"wrote {html}: the val text coloured by each character's loss")
 
 
 def _sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
@@ -106,7 +109,7 @@ def _sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     prompt = files.read_text(FLAGS.prompt_file) if FLAGS.prompt_file else FLAGS.prompt
     out = files.out_path(FLAGS.out)
     sample_run.sample_run(
-        workdir, prompt, seed=FLAGS.seed, max_new_tokens=FLAGS.max_new_tokens,
+        workdir, prompt, step=FLAGS.step, seed=FLAGS.seed, max_new_tokens=FLAGS.max_new_tokens,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
         num_samples=FLAGS.num_samples, window=FLAGS.window, out=out,
     )  # fmt: skip
@@ -118,7 +121,7 @@ def _bench_sample(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     config = _config(FLAGS) if FLAGS["config"].present else None
     bench_sample.run_sample(
         config, lengths=FLAGS.lengths, repeats=FLAGS.repeats, num_samples=FLAGS.num_samples,
-        torch_threads=FLAGS.torch_threads, table_out=FLAGS.out,
+        vs_torch=FLAGS.vs == "torch", torch_threads=FLAGS.torch_threads, table_out=FLAGS.out,
     )  # fmt: skip
 
 

@@ -116,6 +116,11 @@ def _cpu_devices(f: flags.FlagValues, default: str | None = None) -> None:
     )  # fmt: skip
 
 
+def _vs_torch(f: flags.FlagValues) -> None:
+    flags.DEFINE_enum("vs", None, ["torch"], "Also time PyTorch, in turn.", flag_values=f)
+    _torch_threads(f)
+
+
 def _torch_threads(f: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "torch_threads", 0, "torch.set_num_threads; 0 keeps torch's default.", lower_bound=0,
@@ -149,10 +154,13 @@ def eval_(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("workdir", None, "The directory of a `minigpt train` run.", flag_values=f)
     flags.DEFINE_string("step", "latest", "best, latest or a saved step number.", flag_values=f)
     flags.DEFINE_string("data_dir", None, "Data to use instead of the run's.", flag_values=f)
+    flags.DEFINE_string("per_token", None, "Also write an HTML page: the val text coloured by "
+                        "each character's loss.", flag_values=f)  # fmt: skip
 
 
 def sample(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("workdir", None, "The directory of a `minigpt train` run.", flag_values=f)
+    flags.DEFINE_string("step", "latest", "best, latest or a saved step number.", flag_values=f)
     flags.DEFINE_string("prompt", "\n", "The text to continue.", flag_values=f)
     flags.DEFINE_string("prompt_file", None, "Read the prompt from a file.", flag_values=f)
     flags.DEFINE_integer("max_new_tokens", 500, "Characters to generate.", flag_values=f)
@@ -160,7 +168,7 @@ def sample(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens.", flag_values=f)
     flags.DEFINE_float("top_p", 1.0, "Nucleus mass; 1 keeps every token.", flag_values=f)
     flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=f)
-    flags.DEFINE_integer("num_samples", 1, "Independent samples to draw.", flag_values=f)
+    flags.DEFINE_integer("num_samples", 1, "Samples to draw, as one batch.", flag_values=f)
     flags.DEFINE_enum(
         "window", "chunked", ["chunked", "exact"],
         "Past block_size, 'exact' crops like nanoGPT (a full forward per token); 'chunked' keeps "
@@ -176,7 +184,7 @@ def bench_sample(f: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("num_samples", 1, "Rows per call.", lower_bound=1, flag_values=f)
     flags.DEFINE_string("out", None, "Also write the table to this file.", flag_values=f)
     _cpu_devices(f)
-    _torch_threads(f)
+    _vs_torch(f)
 
 
 def bench_train(f: flags.FlagValues, argv: list[str]) -> None:
@@ -185,11 +193,8 @@ def bench_train(f: flags.FlagValues, argv: list[str]) -> None:
         "steps", 20, "Timed steps after 3 warm-up steps.", lower_bound=1, flag_values=f
     )
     flags.DEFINE_string("out", None, "Also write the row as JSON to this file.", flag_values=f)
-    flags.DEFINE_enum(
-        "vs", None, ["torch"], "Also time the PyTorch reference, steps in turn.", flag_values=f
-    )
     _cpu_devices(f)
-    _torch_threads(f)
+    _vs_torch(f)
 
 
 def report(f: flags.FlagValues, argv: list[str]) -> None:

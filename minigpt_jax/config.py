@@ -116,6 +116,8 @@ def base_config() -> config_dict.ConfigDict:
     # (step, tokens, seconds), and with stop_at_target the run ends there. 0: no target.
     c.train.target_val_loss = 0.0
     c.train.stop_at_target = True
+    c.train.log_norms = False  # each layer's grad, param and update norms in the train metrics
+    c.train.profile_steps = ""  # 'START,N': a jax.profiler trace of N steps into WORKDIR/profile
 
     c.sample = config_dict.ConfigDict()  # written to <workdir>/samples/ at every eval
     c.sample.prompt = "\n"  # nanoGPT's sample.py starts from a newline
@@ -211,7 +213,7 @@ def _choice(c: Any, field: str, choices: tuple[str, ...]) -> None:
 
 def validate(c: Any) -> None:
     """Every check that needs no data and no devices: one UsageError line naming the field."""
-    from minigpt_jax import optimizer, sample
+    from minigpt_jax import optimizer, profiler, sample
 
     t, o = c.train, c.opt
     for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -225,6 +227,7 @@ def validate(c: Any) -> None:
         )
     if not t.target_val_loss >= 0:
         raise UsageError(f"train.target_val_loss must be >= 0 (0: none), got {t.target_val_loss}")
+    profiler.parse_steps(t.profile_steps)
     _choice(c, "train.init_from", INIT_FROM)
     _choice(c, "data.sampling", SAMPLINGS)
     _choice(c, "opt.schedule", optimizer.SCHEDULES)

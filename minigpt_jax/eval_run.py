@@ -9,19 +9,23 @@ import sys
 
 import jax
 
-from minigpt_jax import checkpoint, data, sharding
+from minigpt_jax import checkpoint, data, files, per_token, sharding
 from minigpt_jax import config as config_lib
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import run as run_lib
 from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import UsageError
-from minigpt_jax.evaluate import evaluate
+from minigpt_jax.evaluate import evaluate, make_token_loss_step, val_token_losses
 
 
 def evaluate_checkpoint(
-    workdir: str | pathlib.Path, step_spec: str = "latest", data_dir: str | None = None
+    workdir: str | pathlib.Path,
+    step_spec: str = "latest",
+    data_dir: str | None = None,
+    per_token_html: pathlib.Path | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """(step, results): estimate_loss and the full val pass of the checkpoint `step_spec` names."""
+    """(step, results): estimate_loss and the full val pass of the checkpoint `step_spec` names;
+    with per_token_html, also that page: the val text coloured by each character's loss."""
     saved, meta, model_cfg = workdir_lib.read_run(workdir)
     cfg = config_lib.from_saved(saved)
     ckpt = checkpoint.Checkpointer(workdir, create=False)
@@ -47,4 +51,16 @@ def evaluate_checkpoint(
             batch_size=cfg.train.batch_size, block_size=model_cfg.block_size,
             eval_iters=cfg.train.eval_iters, put=run.put,
         )  # fmt: skip
+        if per_token_html is not None:
+            if not len(splits["val"]):
+                raise UsageError(f"{data_dir} has no val split to colour; drop --per_token")
+            losses = val_token_losses(
+                jax.jit(make_token_loss_step(run.model)), params, splits["val"],
+                batch_size=cfg.train.batch_size, block_size=model_cfg.block_size, put=run.put,
+            )  # fmt: skip
+            page = per_token.render(
+                data.CharTokenizer.from_json(meta).decode(splits["val"]), losses,
+                title=f"{workdir} step {step}: the val text by loss", vocab_size=len(meta["itos"]),
+            )  # fmt: skip
+            files.atomic_write_bytes(per_token_html, page.encode("utf-8"))
     return step, results

@@ -47,6 +47,27 @@ def make_eval_step(model: nn.Module) -> Callable:
     return eval_step
 
 
+def make_token_loss_step(model: nn.Module) -> Callable:
+    """token_loss_step(params, x_NxBxT, y_NxBxT) -> losses_NxBxT: every token's loss, one call."""
+
+    def token_loss_step(params, x_NxBxT, y_NxBxT):
+        one = lambda b: token_losses(model, params, *b, deterministic=True)  # noqa: E731
+        return jax.lax.map(one, (x_NxBxT, y_NxBxT))
+
+    return token_loss_step
+
+
+def val_token_losses(
+    token_loss_step: Callable, params: Any, val: np.ndarray, *, batch_size: int, block_size: int,
+    put: Callable,
+) -> np.ndarray:  # fmt: skip
+    """Each val prediction's loss in text order (len(val) - 1 of them): the windows of the full
+    val pass, so their mean is val_loss_full. One process's view: single-host runs only."""
+    x, y, _ = full_val(val, batch_size, block_size)
+    losses_NxBxT = jax.device_get(token_loss_step(params, *put((x, y))))
+    return np.asarray(losses_NxBxT).reshape(-1)[: len(val) - 1]
+
+
 def estimate_batches(
     tokens: np.ndarray, stream: int, *, seed: int, step: int, batch_size: int, block_size: int,
     eval_iters: int,

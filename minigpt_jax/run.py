@@ -38,19 +38,33 @@ class TrainState:
     opt_state: Any
 
 
+def layer_norms(tree: Any, name: str) -> dict[str, jax.Array]:
+    """{'name/LAYER': L2 norm} over each top-level entry of a params-shaped tree (h_0, wte,
+    ln_f, ...): one fused reduction per leaf inside the step, a few scalars out of it."""
+    squares: dict[str, jax.Array] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        layer = f"{name}/{getattr(path[0], 'key', path[0])}"
+        total = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+        squares[layer] = squares[layer] + total if layer in squares else total
+    return {k: jnp.sqrt(v) for k, v in squares.items()}
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     *,
     skip_nonfinite: bool = False,
+    log_norms: bool = False,
 ) -> Callable:
     """train_step(state, batch, rng) -> (state, metrics); batch is (x_AxBxT, y_AxBxT).
 
     A micro-batches are scanned and their gradients summed (token-weighted), then clipped and
     applied once, so grad_accum=A equals one A-times-larger batch. Dropout keys are
     fold_in(rng, step, micro), so they depend on nothing but the seed and the step. With
-    skip_nonfinite, an update whose loss or gradient norm is not finite is dropped.
+    skip_nonfinite, an update whose loss or gradient norm is not finite is dropped. With
+    log_norms, the metrics add each layer's gradient, parameter (after the update) and update
+    norms ('grad_norm/h_0', 'param_norm/h_0', 'update_norm/h_0', ...).
     """
 
     def train_step(state: TrainState, batch: tuple, rng: jax.Array):
@@ -86,6 +100,13 @@ def make_train_step(
             "lr": schedule(state.step),
             "nonfinite": (~finite).astype(jnp.int32),
         }
+        if log_norms:
+            for tree, name in (
+                (grads, "grad_norm"),
+                (params, "param_norm"),
+                (updates, "update_norm"),
+            ):
+                step_metrics.update(layer_norms(tree, name))
         return TrainState(state.step + 1, params, opt_state), step_metrics
 
     return train_step
@@ -187,7 +208,9 @@ def build(config: Any, vocab_size: int, *, mesh: Mesh | None = None) -> Run:
     batch = sharding.batch_sharding(mesh, leading_dims=1)
     repl = sharding.replicated(mesh)
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, skip_nonfinite=t.skip_nonfinite),
+        make_train_step(
+            model, tx, schedule, skip_nonfinite=t.skip_nonfinite, log_norms=t.log_norms
+        ),
         in_shardings=(shardings, (batch, batch), repl),
         out_shardings=(shardings, repl),
         donate_argnums=0,

@@ -1,25 +1,35 @@
-"""`minigpt sample`: a run's latest checkpoint continues a prompt, streamed as it is made to
-the terminal and, with --out, a file. The sampler itself (sample.py) knows nothing of runs."""
+"""`minigpt sample`: a run's checkpoint (best | latest | N) continues a prompt. The samples are
+drawn as one batch; the first streams to the terminal as it is made, and --out gets the same
+text. The sampler itself (sample.py) knows nothing of runs."""
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import sys
 from typing import TextIO
 
 import jax
 
-from minigpt_jax import checkpoint, data, sample
+from minigpt_jax import checkpoint, data, files, sample
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import workdir as workdir_lib
 from minigpt_jax.errors import UsageError
+
+SEPARATOR = "\n---------------\n"  # after each sample, as nanoGPT's sample.py prints
+
+
+def header(workdir: str | pathlib.Path, step: int, spec: str, **settings: object) -> str:
+    """The line above the samples: which checkpoint and which settings drew them."""
+    named = "" if spec == str(step) else f" (--step {spec})"
+    listed = ", ".join(f"{k} {v}" for k, v in settings.items())
+    return f"# {workdir} step {step}{named}: {listed}\n"
 
 
 def sample_run(
     workdir: str | pathlib.Path,
     prompt: str,
     *,
+    step: str = "latest",
     seed: int = 0,
     max_new_tokens: int = 500,
     temperature: float = 1.0,
@@ -29,11 +39,13 @@ def sample_run(
     window: str = "chunked",
     out: pathlib.Path | None = None,
     stdout: TextIO | None = None,
-) -> None:
-    """`minigpt sample`: the run's latest checkpoint continues `prompt`, streamed as it is made.
+) -> int:
+    """`minigpt sample`: the checkpoint `step` names continues `prompt`; returns its step.
 
-    Samples are drawn one after another (each equals its row of a batched generate), each
-    followed by a line of dashes; `out` gets the same text.
+    The num_samples rows are one batched sampler call; row j draws with fold_in(key(seed), j),
+    so it equals sample.stream(..., num_samples=1, first_sample=j) alone. Printed: a header
+    line, then each sample followed by a line of dashes; the first streams as it is made, the
+    others (made alongside it) follow when it ends. `out` gets the same text, written whole.
     """
     if not prompt:
         raise UsageError("the prompt is empty; pass at least one character with --prompt")
@@ -51,34 +63,43 @@ def sample_run(
     _, meta, cfg = workdir_lib.read_run(workdir)
     tokenizer = data.CharTokenizer.from_json(meta)
     ids = tokenizer.encode(prompt)  # names any character outside the vocabulary
-    step, params = checkpoint.load_params(
-        workdir, cfg, "latest", set_aside=not lock_lib.in_use(workdir),
+    saved, params = checkpoint.load_params(
+        workdir, cfg, step, set_aside=not lock_lib.in_use(workdir),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
-    # On stderr, so the samples on stdout stay pure text: past block_size only 'exact' is
-    # nanoGPT's crop, token for token.
+    # On stderr: past block_size only 'exact' is nanoGPT's crop, token for token.
     other = "exact: nanoGPT's crop" if window == "chunked" else "chunked: faster"
-    print(f"sampling step {step} of {workdir}; window {window} past block_size {cfg.block_size} "
-          f"(--window {other})", file=sys.stderr)  # fmt: skip
-    sinks = [stdout or sys.stdout]  # looked up now: tests and callers swap sys.stdout
-    with contextlib.ExitStack() as stack:
-        if out is not None:
-            try:
-                sinks.append(stack.enter_context(open(out, "w", encoding="utf-8")))
-            except OSError as e:
-                raise UsageError(f"cannot write --out {out}: {e.strerror}") from None
+    print(f"window {window} past block_size {cfg.block_size} (--window {other})", file=sys.stderr)
+    settings = dict(
+        seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+        max_new_tokens=max_new_tokens, window=window, num_samples=num_samples,
+    )  # fmt: skip
+    sink = stdout or sys.stdout  # looked up now: tests and callers swap sys.stdout
+    written: list[str] = []
 
-        def write(text: str) -> None:
-            for sink in sinks:
-                sink.write(text)
-                sink.flush()
+    def write(text: str) -> None:
+        sink.write(text)
+        sink.flush()
+        written.append(text)
 
-        for j in range(num_samples):
-            write(prompt)
-            for tokens_1xK in sample.stream(
-                params, cfg, ids, jax.random.key(seed), max_new_tokens=max_new_tokens,
-                temperature=temperature, top_k=top_k, top_p=top_p, window=window,
-                first_sample=j,
-            ):  # fmt: skip
-                write(tokenizer.decode(tokens_1xK[0]))
-            write("\n---------------\n")
+    write(header(workdir, saved, step, **settings))
+    write(prompt)
+    rows: list[list[str]] = [[prompt] for _ in range(num_samples)]
+    for tokens_NxK in sample.stream(
+        params, cfg, ids, jax.random.key(seed), max_new_tokens=max_new_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, window=window,
+        num_samples=num_samples,
+    ):  # fmt: skip
+        new = [tokenizer.decode(row) for row in tokens_NxK]
+        write(new[0])
+        for row, text in zip(rows, new, strict=True):
+            row.append(text)
+    write(SEPARATOR)
+    for row in rows[1:]:
+        write("".join(row) + SEPARATOR)
+    if out is not None:
+        try:
+            files.atomic_write_bytes(out, "".join(written).encode("utf-8"))
+        except OSError as e:
+            raise UsageError(f"cannot write --out {out}: {e.strerror}") from None
+    return saved

@@ -25,6 +25,7 @@ from minigpt_jax.errors import RunStopped, UsageError
 from minigpt_jax.evaluate import eval_sampler, evaluate
 from minigpt_jax.model import count_params
 from minigpt_jax.preemption import StopRequest, sync
+from minigpt_jax.profiler import StepTrace
 from minigpt_jax.run import TrainState
 
 EVAL_KEYS = ("train_loss", "val_loss", "val_loss_full", "val_bpc")
@@ -141,12 +142,13 @@ def _train(
             writer.write_text("config", json.dumps(run_files if is_main else {}, indent=2), 0)
             timer.seconds["startup"] = time.perf_counter() - startup.STARTED
             loop_started = time.perf_counter()
+            trace = StepTrace(t.profile_steps, workdir, writer.log)
             try:
-                with run.activate():
+                with run.activate(), trace:
                     results = _loop(
                         state,
                         t=t,
-                        train_step=run.train_step,
+                        train_step=trace.wrap(run.train_step),
                         dropout_rng=run.dropout_rng,
                         train_batch=functools.partial(run.host_batch, train_batches),
                         run_eval=run_eval,

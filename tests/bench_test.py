@@ -53,7 +53,24 @@ def test_bench_train_reports_xla_flops_and_mfu(tmp_path, capsys):
     # The PyTorch reference took its turns: a ratio of two measured medians.
     torch_ms = row["torch"]["ms_per_iter"]["median"]
     assert row["speedup_vs_torch"] == pytest.approx(torch_ms / ms["median"])
-    assert "ours is" in capsys.readouterr().out
+    # The spread of each side's samples says whether the ratio can be trusted.
+    assert row["spread"] == pytest.approx((ms["max"] - ms["min"]) / ms["median"])
+    spreads = (row["spread"], row["torch"]["spread"])
+    assert row["speedup_reliable"] == (max(spreads) <= bench.SPREAD_LIMIT)
+    printed = capsys.readouterr().out
+    assert "ours is" in printed and "load average (1 min): " in printed
+    assert f"ours {100 * row['spread']:.0f}%, PyTorch" in printed
+
+
+def test_conditions_say_the_load_the_spreads_and_what_is_unreliable():
+    steady, noisy = [1.0, 1.1, 1.0], [1.0, 2.0, 1.0]
+    assert bench.rel_spread(noisy) == 1.0 and not bench.unreliable(steady, steady)
+    assert bench.unreliable(steady, noisy)
+    calm = bench.describe_conditions(0.5, {"ours": bench.rel_spread(steady)}, 3)
+    assert "0.50 before" in calm and "ours 10%" in calm and "unreliable" not in calm
+    loud = bench.describe_conditions(None, {"ours": 0.1, "PyTorch": 1.0}, 3)
+    assert "load average (1 min): unknown" in loud and "are marked unreliable; rerun" in loud
+    assert "no spread" in bench.describe_conditions(0.5, {"ours": 0.0}, 1)
 
 
 def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):

@@ -72,13 +72,19 @@ def test_sample_continues_the_prompt(smoke_run, monkeypatch, capsys):
     args = ["--workdir", "run", "--prompt", "O God, O God!", "--max_new_tokens", "100"]
     out = minigpt("sample", *args, "--top_k", "10", "--seed", "0", cwd=smoke_run)
     assert out.returncode == 0, out.stderr
-    text = out.stdout.split("---------------")[0].strip("\n")
+    head, body = out.stdout.split("\n", 1)
+    assert head.startswith("# run step 150 (--step latest): seed 0, temperature 1.0, top_k 10")
+    text = body.split("---------------")[0].strip("\n")
     assert text.startswith("O God, O God!") and len(text) == len("O God, O God!") + 100
     # Again in this process (a new process costs seconds): same seed, same text; another, not.
     monkeypatch.chdir(smoke_run)
     for seed, same in (("0", True), ("1", False)):
         assert cli.main(["minigpt", "sample", *args, "--top_k", "10", "--seed", seed]) == 0
         assert (capsys.readouterr().out == out.stdout) == same, seed
+    # --step names the checkpoint: an older one samples other text, and the header says which.
+    assert cli.main(["minigpt", "sample", *args, "--top_k", "10", "--step", "75"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# run step 75: seed 0") and printed.split("\n", 1)[1] != body
 
 
 def test_report_tables_runs_and_overlays_their_curves(smoke_run, tmp_path, capsys):
@@ -213,6 +219,8 @@ def _bad_inputs(tmp, smoke_dir):
         ([*train, data_flag, "--config.model.block_size=200000"], "too short"),
         ([*train, data_flag, "--config.train.batch_size=0"], "batch_size"),
         ([*train, data_flag, "--config.opt.schedule=linear"], "opt.schedule"),
+        ([*train, data_flag, "--config.train.profile_steps=10"], "train.profile_steps"),
+        (["eval", "--workdir", run, "--per_token", "nodir/x.html"], "--per_token nodir"),
         ([*train, data_flag, "--config.mesh.data=3"], "needs 3 devices"),
         ([*resume, "--config.model.n_layer=3"], "model.n_layer: 2 -> 3"),
         ([*resume, "--config.train.init_from=scratch"], "--overwrite"),
@@ -323,9 +331,8 @@ def test_bigram_config_trains_and_samples(smoke_run, capsys):
     assert evals[-1]["val_loss_full"] < math.log(65) - 0.5
     capsys.readouterr()
     assert cli.main(["minigpt", "sample", "--workdir", workdir, "--max_new_tokens", "20"]) == 0
-    assert (
-        len(capsys.readouterr().out.split("---------------")[0]) == 1 + 20 + 1
-    )  # "\n" + 20 + "\n"
+    body = capsys.readouterr().out.split("\n", 1)[1]  # below the header line
+    assert len(body.split("---------------")[0]) == 1 + 20 + 1  # "\n" + 20 + "\n"
 
 
 def test_train_prepares_any_corpus_given_as_data_input(tmp_path, capsys):

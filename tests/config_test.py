@@ -75,6 +75,7 @@ def test_from_saved_fills_fields_a_run_predates():
         ("opt.muon_momentum", 1.0, r"opt.muon_momentum must be in \[0, 1\)"),
         ("opt.muon_ns_steps", 0, r"opt.muon_ns_steps must be in \[1, 99\], got 0"),
         ("opt.muon_ns_steps", 100, r"opt.muon_ns_steps must be in \[1, 99\]"),
+        ("train.profile_steps", "10", "train.profile_steps must be 'START,N'"),
     ],
 )
 def test_validate_names_the_bad_field(field, value, message):

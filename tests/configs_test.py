@@ -38,7 +38,7 @@ FIELDS = {
     "train": (
         "seed", "batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters",
         "ckpt_interval", "log_interval", "init_from", "skip_nonfinite", "skip_nonfinite_limit",
-        "target_val_loss", "stop_at_target",
+        "target_val_loss", "stop_at_target", "profile_steps",
     ),
     "mesh": ("data", "fsdp", "tensor"),
     "sample": ("prompt", "max_new_tokens", "num_samples", "settings"),

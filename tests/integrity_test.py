@@ -131,7 +131,9 @@ def test_sample_falls_back_too(run_dir, tmp_path, capsys, silent_flip):
     out = io.StringIO()
     sample_run.sample_run(work, "The", seed=1, max_new_tokens=10, stdout=out)
     assert _aside(work) and "fingerprint" in capsys.readouterr().err
-    assert out.getvalue().startswith("The") and len(out.getvalue()) == len(ref.getvalue())
+    assert out.getvalue().startswith(f"# {work} step 4 (--step latest)")  # the step before
+    body, ref_body = (s.getvalue().split("\n", 1)[1] for s in (out, ref))
+    assert body.startswith("The") and len(body) == len(ref_body)
 
 
 def test_train_resumes_from_the_step_before_a_flipped_one(run_dir, tmp_path, capsys, silent_flip):

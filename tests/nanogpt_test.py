@@ -110,7 +110,9 @@ def test_nanogpt_checkpoint_imports_samples_evaluates_and_exports(files, capsys,
                            "--max_new_tokens", "7"], capsys)  # fmt: skip
     tok = data.CharTokenizer.from_json(meta)
     assert code == 0, err
-    assert out.split("\n---")[0] == tok.decode(_greedy_torch(nano, list(tok.encode("T")), 7))
+    assert out.split("\n", 1)[1].split("\n---")[0] == tok.decode(
+        _greedy_torch(nano, list(tok.encode("T")), 7)
+    )
     code, out, err = _run(["eval", "--workdir", "imp"], capsys)
     assert code == 0 and "step 42: train loss" in out and "full val" in out, err
     # Export: a ckpt.pt nanoGPT's sample.py loads (model_args -> GPTConfig, strict state_dict).
@@ -141,7 +143,7 @@ def test_nanogpt_checkpoint_imports_samples_evaluates_and_exports(files, capsys,
     text = "".join(nano_meta["itos"][i] for i in _greedy_torch(again, ids, 7))
     code, ours, err = _run(["sample", "--workdir", "imp", "--prompt", "T", "--temperature", "0",
                             "--max_new_tokens", "7"], capsys)  # fmt: skip
-    assert code == 0 and ours.split("\n---")[0] == text, err
+    assert code == 0 and ours.split("\n", 1)[1].split("\n---")[0] == text, err
     assert "window chunked" in err and "--window exact" in err  # said where users read
     # Files a user can share: not mkstemp's 0600 nor mkdtemp's 0700.
     umask = os.umask(0)
@@ -166,7 +168,9 @@ def test_mingpt_state_dict_imports_with_its_head_and_biases(files, capsys, monke
     code, out, err = _run(["sample", "--workdir", "min", "--prompt", "In", "--temperature", "0",
                            "--max_new_tokens", "6"], capsys)  # fmt: skip
     tok = data.CharTokenizer.from_json(meta)
-    assert out.split("\n---")[0] == tok.decode(_greedy_torch(mingpt, list(tok.encode("In")), 6))
+    assert out.split("\n", 1)[1].split("\n---")[0] == tok.decode(
+        _greedy_torch(mingpt, list(tok.encode("In")), 6)
+    )
     code, _, err = _run(["convert", "--to", "nanogpt", "--workdir", "min", "--out", "x.pt"], capsys)
     assert code == 2 and "tie_embeddings=False" in err and "gelu_tanh" in err
 

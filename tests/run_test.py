@@ -94,3 +94,42 @@ def test_host_batch_stacks_micro_batches_of_the_train_stream():
     x, y = run.host_batch(batches, 2)
     assert x.shape == y.shape == (3, 4, TINY.block_size)
     np.testing.assert_array_equal(np.asarray(x[1]), batches.batch(2 * 3 + 1)[0])
+
+
+def test_log_norms_are_each_layers_grad_param_and_update_norms(setup):
+    _, state, step = _setup(log_norms=True)
+    x, y = _batch(4)
+    new, m = step(state, (x[None], y[None]), jax.random.key(0))
+    layers = sorted(state.params)  # h_0, h_1, ln_f, wpe, wte
+    for name in ("grad_norm", "param_norm", "update_norm"):
+        assert sorted(k.split("/")[1] for k in m if k.startswith(f"{name}/")) == layers, name
+
+    def flat(tree):
+        return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+
+    # The layers' gradient norms make up the global one; params and updates are the step's own.
+    total = np.sqrt(sum(float(m[f"grad_norm/{k}"]) ** 2 for k in layers))
+    assert total == pytest.approx(float(m["grad_norm"]), rel=1e-5)
+    for k in layers:
+        after, before = flat(new.params[k]), flat(state.params[k])
+        assert float(m[f"param_norm/{k}"]) == pytest.approx(np.linalg.norm(after), rel=1e-5)
+        assert float(m[f"update_norm/{k}"]) == pytest.approx(
+            np.linalg.norm(after - before), rel=1e-4
+        )
+    _, plain = setup[2](setup[1], (x[None], y[None]), jax.random.key(0))
+    assert not [k for k in plain if "/" in k]  # off by default: the step computes none
+
+
+def test_log_norms_reach_metrics_jsonl_and_tensorboard(tiny_data, tmp_path):
+    from metrics_test import _scalars
+
+    from minigpt_jax import metrics, train
+
+    c = tiny_config(max_iters=2, eval_interval=2, ckpt_interval=2, eval_iters=1, log_norms=True)
+    c.data.dir, c.sample.max_new_tokens, c.train.log_interval = str(tiny_data), 0, 1
+    train.train_and_evaluate(c, tmp_path)
+    records = [r for r in metrics.read_metrics(tmp_path) if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["update_norm/h_1"] > 0 and r["grad_norm/wte"] > 0 for r in records)
+    scalars = _scalars(tmp_path)
+    assert [s for s, _ in scalars["train/param_norm/ln_f"]] == [1, 2]

@@ -12,7 +12,7 @@ import sys
 
 from absl import flags
 
-from minigpt_jax import cli_flags, startup
+from minigpt_jax import cli_flags, config_file, startup
 from minigpt_jax.errors import RunStopped, Terminated, UsageError, one_line
 
 USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists the command's flags)
@@ -43,8 +43,8 @@ def _need(FLAGS: flags.FlagValues, name: str, example: str) -> str:
 def _config(FLAGS: flags.FlagValues):
     config = FLAGS.config
     if config is None:
-        raise UsageError(f"--config is required, {cli_flags.CONFIG_EXAMPLE}")
-    if isinstance(config, cli_flags.UnloadableConfig):  # a config file that failed to load
+        raise UsageError(f"--config is required, {config_file.CONFIG_EXAMPLE}")
+    if isinstance(config, config_file.UnloadableConfig):  # a config file that failed to load
         raise config.error
     return config
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minigpt_jax import cli, cli_flags
+from minigpt_jax import cli, cli_flags, config_file
 from minigpt_jax.errors import UsageError
 
 OWN = {
@@ -94,7 +94,7 @@ def test_each_config_file_loads_afresh(tmp_path):
         "from minigpt_jax import config\ndef get_config(arg=''):\n    return config.base_config()\n"
     )
     (tmp_path / "noget.py").write_text("x = 1\n")
-    config = cli_flags.load_config_file(str(tmp_path / "good.py"))
+    config = config_file.load_config_file(str(tmp_path / "good.py"))
     assert config.model.n_layer == 6 and config.is_locked
     with pytest.raises(UsageError, match="noget.py has no get_config"):
-        cli_flags.load_config_file(str(tmp_path / "noget.py"))
+        config_file.load_config_file(str(tmp_path / "noget.py"))

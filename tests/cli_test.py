@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -112,7 +113,8 @@ def test_train_with_a_workdir_alone_resumes_with_its_own_config(smoke_run, monke
     assert "budget: 150 steps x 512 tokens = 0.08M tokens, resuming at step 150" in out
     source = json.loads((smoke_run / "alone/config.json").read_text())["source"]
     assert source == {"config": SMOKE, "overrides": ["--config.data.dir=data"],
-                      "command": "minigpt train --workdir alone"}  # fmt: skip
+                      "command": "minigpt train --workdir alone",
+                      "cpu_devices": jax.device_count()}  # this process's, as it ran  # fmt: skip
 
 
 def test_the_log_starts_with_a_header_of_what_runs(smoke_run):

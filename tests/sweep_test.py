@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import ROOT, one_line_error
 
-from minigpt_jax import cli, cli_flags, config, metrics, sweep, sweep_slots, sweep_spec
+from minigpt_jax import cli, config, config_file, metrics, sweep, sweep_slots, sweep_spec
 from minigpt_jax.errors import UsageError
 
 SMOKE = str(ROOT / "configs/shakespeare_char.py:smoke")
@@ -115,7 +115,7 @@ def test_a_sweep_report_of_a_folder_without_a_manifest_is_one_line(tmp_path, cap
 def test_a_changed_grid_on_an_existing_root_is_one_line(tmp_path, capsys):
     root = tmp_path / "root"
     root.mkdir()
-    base = cli_flags.load_config_file(SMOKE)
+    base = config_file.load_config_file(SMOKE)
     sweep.write_manifest(root, _plan(root, _arms("model.activation=gelu,relu"), [0, 1, 2], base))
     before = (root / sweep.MANIFEST).read_bytes()
     err = one_line_error(

@@ -1,4 +1,5 @@
-"""The `minigpt` command: prepare | train | eval | sample | bench | report | convert | compare.
+"""The `minigpt` command: prepare | train | eval | sample | bench | report | convert | compare |
+sweep | plan.
 
 Thin: each command parses its own flags and makes one library call; the library raises typed
 errors (errors.py) and main() maps them to exit codes: 2 bad input, 1 a stopped run, 130 Ctrl-C,

@@ -1,4 +1,5 @@
-"""The `minigpt` command: prepare | train | eval | sample | bench | report | convert | compare.
+"""The `minigpt` command: prepare | train | eval | sample | bench | report | convert | compare |
+sweep | plan.
 
 Thin: each command parses its own flags and makes one library call; the library raises typed
 errors (errors.py) and main() maps them to exit codes: 2 bad input, 1 a stopped run, 130 Ctrl-C,
@@ -31,7 +32,8 @@ commands:
   compare  --config FILE[:variant] --steps N --out_dir DIR   JAX and PyTorch side by side
   sweep    --config FILE[:variant] --root DIR --grid a.b=v1,v2 [--grid ...] | --sweep FILE
            [--seeds 3] [--parallel K]     arms x seeds as runs; again: resumes; --root alone too
-  sweep    report ROOT [--baseline ARM] [--metric KEY]   statistics over seeds, verdicts, plots"""
+  sweep    report ROOT [--baseline ARM] [--metric KEY]   statistics over seeds, verdicts, plots
+  plan     --config FILE[:variant] --device v5e|h100|... --chips N   memory, fit, FLOPs, time"""
 
 
 def _need(FLAGS: flags.FlagValues, name: str, example: str) -> str:
@@ -196,6 +198,19 @@ def _sweep_report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     print(sweep_report.report(root, FLAGS.out, baseline=FLAGS.baseline, sort_by=FLAGS.metric))
 
 
+def _plan(FLAGS: flags.FlagValues, argv: list[str]) -> None:
+    from minigpt_jax import plan
+
+    config = _config(FLAGS)
+    plan.check(FLAGS.device, FLAGS.mfu)
+    startup.split_cpu(FLAGS.chips)  # the mesh's devices, faked on this CPU, before jax starts
+    startup.compilation_cache()
+    print(plan.describe(plan.make_plan(
+        config, FLAGS["config"].config_filename, FLAGS.device, FLAGS.chips, mfu=FLAGS.mfu,
+        vocab_size=FLAGS.vocab_size, measure=FLAGS.measure,
+    )))  # fmt: skip
+
+
 # Each command's handler and how many positional arguments it takes (None: any number).
 COMMANDS = {
     "prepare": (_prepare, 0),
@@ -209,12 +224,14 @@ COMMANDS = {
     "compare": (_compare, 0),
     "sweep": (_sweep, 0),
     "sweep report": (_sweep_report, 1),
+    "plan": (_plan, 0),
 }
 JAX_FREE = (
     "prepare",
     "report",
     "sweep",
     "sweep report",
+    "plan",  # starts jax itself, on as many fake devices as it plans for
 )  # sweep: its runs start jax  # the rest compile: they use the persistent cache
 BENCHMARKS = ("sample", "train")  # `minigpt bench WHAT`
 

@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from minigpt_jax import config_file
+from minigpt_jax import plan as plan_lib
 
 
 def _config(f: flags.FlagValues, argv: list[str]) -> None:
@@ -193,6 +194,17 @@ def sweep_report(f: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
+def plan(f: flags.FlagValues, argv: list[str]) -> None:
+    _config(f, argv)
+    flags.DEFINE_enum("device", "v5e", list(plan_lib.DEVICES), "The accelerator.", flag_values=f)
+    flags.DEFINE_integer(
+        "chips", 8, "Devices of the mesh (faked here).", lower_bound=1, flag_values=f
+    )
+    flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilization.", flag_values=f)
+    flags.DEFINE_integer("vocab_size", 65, "The data's vocabulary.", lower_bound=1, flag_values=f)
+    flags.DEFINE_bool("measure", True, "Compile the step here to read its memory.", flag_values=f)
+
+
 DEFINE: dict[str, Callable[[flags.FlagValues, list[str]], None]] = {
     "prepare": prepare,
     "train": train,
@@ -205,6 +217,7 @@ DEFINE: dict[str, Callable[[flags.FlagValues, list[str]], None]] = {
     "compare": compare,
     "sweep": sweep,
     "sweep report": sweep_report,
+    "plan": plan,
 }
 
 

@@ -12,10 +12,11 @@ narrower operand instead; the math is the same, only the summation order differs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +25,26 @@ import jax.numpy as jnp
 
 # 'xla': XLA differentiates the einsum; 'narrow': narrow_matmul's VJP; 'auto': 'narrow' on CPU.
 LINEAR_VJPS = ("auto", "xla", "narrow")
+
+# The platforms programs are being lowered for, innermost last (lowering_for): the kernel and
+# VJP choices below are made when a function is traced, so a TPU program lowered on a CPU host
+# must make the TPU's choices, not the host's.
+_TARGETS: list[str] = []
+
+
+@contextlib.contextmanager
+def lowering_for(platform: str) -> Iterator[None]:
+    """Trace as if on `platform` ('tpu', 'cuda', 'cpu'), for jax.export to another platform."""
+    _TARGETS.append("gpu" if platform in ("cuda", "rocm") else platform)
+    try:
+        yield
+    finally:
+        _TARGETS.pop()
+
+
+def backend() -> str:
+    """The backend the traced program will run on: jax's default, or lowering_for's target."""
+    return _TARGETS[-1] if _TARGETS else jax.default_backend()
 
 
 def _matmul(x_NxI: jax.Array, w_IxO: jax.Array, out_dtype: Any) -> jax.Array:
@@ -59,7 +80,7 @@ narrow_matmul.defvjp(_narrow_fwd, _narrow_bwd)
 def matmul(x_NxI: jax.Array, w_IxO: jax.Array, out_dtype: Any, vjp: str = "auto") -> jax.Array:
     """x @ w with the backward pass `vjp` picks (LINEAR_VJPS)."""
     if vjp == "auto":  # decided when traced: one compiled program per backend anyway
-        vjp = "narrow" if jax.default_backend() == "cpu" else "xla"
+        vjp = "narrow" if backend() == "cpu" else "xla"
     if vjp == "narrow":
         return narrow_matmul(x_NxI, w_IxO, out_dtype)
     return _matmul(x_NxI, w_IxO, out_dtype)
@@ -124,16 +145,16 @@ def flash_attention(
     kernel that cannot run here says why (logged), rather than failing or silently changing."""
     if kind == "xla":
         return None
-    backend, T, D = jax.default_backend(), q_BxTxHxD.shape[1], q_BxTxHxD.shape[-1]
+    here, T, D = backend(), q_BxTxHxD.shape[1], q_BxTxHxD.shape[-1]
     reason = None
     if attn_dropout:
         reason = "attention dropout runs on the XLA path only"
-    elif kind == "cudnn" and backend != "gpu":
-        reason = f"cuDNN needs a GPU, this backend is {backend}"
+    elif kind == "cudnn" and here != "gpu":
+        reason = f"cuDNN needs a GPU, this backend is {here}"
     elif kind == "cudnn" and dtype == jnp.float32:
         reason = "cuDNN flash attention needs dtype bfloat16 or float16"
-    elif kind == "pallas" and backend != "tpu":
-        reason = f"Pallas flash attention needs a TPU, this backend is {backend}"
+    elif kind == "pallas" and here != "tpu":
+        reason = f"Pallas flash attention needs a TPU, this backend is {here}"
     elif kind == "pallas" and T % 128:
         reason = f"Pallas flash attention needs a length divisible by 128, got {T}"
     if reason:  # logged when traced: once per compiled program, not per step
@@ -147,4 +168,13 @@ def flash_attention(
     from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention as pallas_flash
 
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q_BxTxHxD, k_BxTxHxD, v_BxTxHxD))  # B H T D
-    return pallas_flash(q, k, v, causal=True, sm_scale=scale).transpose(0, 2, 1, 3)
+    attend = functools.partial(pallas_flash, causal=True, sm_scale=scale)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        # A Mosaic kernel cannot be partitioned by XLA ("wrap the call in a shard_map"): each
+        # device runs it on its own rows and heads, laid out by the mesh's logical rules.
+        spec = nn.logical_to_mesh_axes(("batch", "heads", None, None))
+        attend = jax.shard_map(
+            attend, in_specs=(spec,) * 3, out_specs=spec, check_vma=False, mesh=mesh
+        )
+    return attend(q, k, v).transpose(0, 2, 1, 3)

@@ -17,6 +17,7 @@ OWN = {
     "compare": ("--out_dir", "--sample_tokens", "--torch_threads"),
     "sweep": ("--config", "--root", "--grid", "--sweep", "--seeds", "--parallel", "--baseline"),
     "sweep report": ("--baseline", "--metric", "--out"),
+    "plan": ("--config", "--device", "--chips", "--mfu", "--measure"),
 }
 
 

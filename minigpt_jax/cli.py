@@ -16,25 +16,6 @@ from absl import flags
 from minigpt_jax import cli_flags, config_file, startup
 from minigpt_jax.errors import RunStopped, Terminated, UsageError, one_line
 
-USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists the command's flags)
-
-commands:
-  prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
-  train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
-  train    --workdir DIR          resumes (or starts) a run from the config.json it holds
-  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR] [--per_token OUT.html]
-  sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
-  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--out FILE] [--vs torch]
-  bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
-  report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
-  convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR   import
-  convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]         export
-  compare  --config FILE[:variant] --steps N --out_dir DIR   JAX and PyTorch side by side
-  sweep    --config FILE[:variant] --root DIR --grid a.b=v1,v2 [--grid ...] | --sweep FILE
-           [--seeds 3] [--parallel K]     arms x seeds as runs; again: resumes; --root alone too
-  sweep    report ROOT [--baseline ARM] [--metric KEY]   statistics over seeds, verdicts, plots
-  plan     --config FILE[:variant] --device v5e|h100|... --chips N   memory, fit, FLOPs, time"""
-
 
 def _need(FLAGS: flags.FlagValues, name: str, example: str) -> str:
     if not FLAGS[name].value:
@@ -240,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     startup.join_sweep()  # a run started by `minigpt sweep`: its cores, and a stop if it dies
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(cli_flags.USAGE)
         return 0 if len(argv) >= 2 else 2
     command, rest = argv[1], argv[2:]
     if command == "bench":

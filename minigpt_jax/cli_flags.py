@@ -1,4 +1,5 @@
-"""Each `minigpt` command's own flags, defined afresh per call (cli.py parses and dispatches)."""
+"""Each `minigpt` command's own flags, defined afresh per call, and the usage text (cli.py
+parses and dispatches)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,25 @@ from ml_collections import config_flags
 
 from minigpt_jax import config_file
 from minigpt_jax import plan as plan_lib
+
+USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists the command's flags)
+
+commands:
+  prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
+  train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
+  train    --workdir DIR          resumes (or starts) a run from the config.json it holds
+  eval     --workdir DIR [--step best|latest|N] [--data_dir DIR] [--per_token OUT.html]
+  sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
+  bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--out FILE] [--vs torch]
+  bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
+  report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
+  convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR   import
+  convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]         export
+  compare  --config FILE[:variant] --steps N --out_dir DIR   JAX and PyTorch side by side
+  sweep    --config FILE[:variant] --root DIR --grid a.b=v1,v2 [--grid ...] | --sweep FILE
+           [--seeds 3] [--parallel K]     arms x seeds as runs; again: resumes; --root alone too
+  sweep    report ROOT [--baseline ARM] [--metric KEY]   statistics over seeds, verdicts, plots
+  plan     --config FILE[:variant] --device v5e|h100|... --chips N   memory, fit, FLOPs, time"""
 
 
 def _config(f: flags.FlagValues, argv: list[str]) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import pathlib
 import shutil
 import subprocess
@@ -87,11 +88,17 @@ def minigpt(*argv: str) -> str:
 
 def bench_train(args: argparse.Namespace, out: pathlib.Path, spec: str, extra: dict) -> dict:
     steps = "1" if args.dry else ("50" if spec == CHAR else "20")
-    json_path = out / f"bench.{len(extra)}.tmp.json"
-    command = minigpt("bench", "train", "--config", spec, "--steps", steps, *flags(extra),
-                      "--out", str(json_path))  # fmt: skip
-    row = json.loads(json_path.read_text())
-    json_path.unlink()
+    fd, name = tempfile.mkstemp(
+        suffix=".json", dir=out
+    )  # bench writes it; the step's JSON keeps it
+    os.close(fd)
+    json_path = pathlib.Path(name)
+    try:
+        command = minigpt("bench", "train", "--config", spec, "--steps", steps, *flags(extra),
+                          "--out", str(json_path))  # fmt: skip
+        row = json.loads(json_path.read_text())
+    finally:
+        json_path.unlink()
     return {"command": command.replace(str(json_path), "FILE.json"), **row}
 
 

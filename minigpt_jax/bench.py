@@ -8,6 +8,7 @@ methods take turns, and ratios are only taken within one run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -86,6 +87,7 @@ def describe_conditions(load_before: float | None, spreads: dict[str, float], n:
     return "\n".join(lines)
 
 
+@functools.cache  # once per process: benches in a row (experiments/accelerator) share it
 def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of the best of a few fp32 n x n matmuls: the CPU's attainable peak for MFU."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -95,13 +97,16 @@ def cpu_gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def _step_flops(compiled: Any) -> float | None:
-    """The whole step's FLOPs: XLA costs the SPMD-partitioned program, one device's share."""
+def _step_flops(compiled: Any, grad_accum: int) -> float | None:
+    """The whole step's FLOPs: XLA costs the SPMD-partitioned program, one device's share, and
+    counts a loop's body once: the scan over grad_accum micro-steps is scaled by hand (which
+    counts the optimizer update grad_accum times too: a few FLOPs per param, against ~6 per
+    param per token of each micro-step)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
     if not cost or "flops" not in cost:
         return None
-    return float(cost["flops"]) * jax.device_count()
+    return float(cost["flops"]) * jax.device_count() * grad_accum
 
 
 def run_train(
@@ -152,13 +157,15 @@ def run_train(
     times, torch_times = times[warmup:], torch_times[warmup:]
     median = statistics.median(times)
     device = jax.devices()[0]
-    flops = _step_flops(compiled)
+    flops = _step_flops(compiled, t.grad_accum)
     peak = table_peak_flops(device.device_kind)
     if peak is not None:
         peak_total, peak_source = peak * jax.device_count(), "spec sheet (bf16 dense)"
     else:  # one GEMM already uses every core, however many XLA devices split the host
         peak_total = cpu_gemm_peak()
         peak_source = "measured fp32 GEMM (2048^3, best of 5)"
+    model_flops = nanogpt_flops_per_token(model_cfg, count_params(state.params)[0])
+    model_flops = model_flops and model_flops * tokens_per_step
     levers = [model_cfg.dtype]  # the speed levers that differ from their defaults
     levers += [f"remat {model_cfg.remat}"] if model_cfg.remat != "none" else []
     levers += [f"linear_vjp {model_cfg.linear_vjp}"] if model_cfg.linear_vjp != "auto" else []
@@ -181,6 +188,10 @@ def run_train(
         "peak_flops": peak_total,
         "peak_source": peak_source,
         "mfu": None if flops is None else flops / median / peak_total,
+        # nanoGPT's estimate_mfu: comparable with its numbers, and blind to how XLA counts (a
+        # cuDNN or Pallas kernel is a custom call whose FLOPs XLA's cost analysis leaves out).
+        "model_flops_per_step": model_flops,
+        "mfu_nanogpt": None if model_flops is None else model_flops / median / peak_total,
         "temp_bytes": _temp_bytes(compiled),
         "spread": rel_spread(times),
         "load_average": load_before,
@@ -219,6 +230,15 @@ def run_train(
     return row
 
 
+def nanogpt_flops_per_token(cfg: Any, n_params: int) -> float | None:
+    """nanoGPT's estimate_mfu: 6N + 12 L H Q T FLOPs per token for forward and backward (N its
+    param count, Q the head dim, T the block: full, not causal, attention); None for a bigram."""
+    if cfg.arch != "gpt":
+        return None
+    L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+    return 6 * n_params + 12 * L * H * Q * T
+
+
 def _torch_trainer(run: run_lib.Run, params: Any, threads: int) -> Any:
     """torch_train.Trainer for the run's config, from our (host-copied) initial params."""
     from minigpt_jax import convert
@@ -255,6 +275,7 @@ TRAIN_COLUMNS = (
     ("tokens/s", "r", lambda r: f"{r['tokens_per_s']:.0f}"),
     ("GFLOP/step", "r", lambda r: _or_dash(r["flops_per_step"], ".2f", 1e-9)),
     ("MFU", "r", lambda r: _or_dash(r["mfu"], ".1f", 100, "%")),
+    ("MFU nanoGPT", "r", lambda r: _or_dash(r.get("mfu_nanogpt"), ".1f", 100, "%")),
     ("peak", "l", lambda r: f"{r['peak_flops'] / 1e9:.0f} GF/s {r['peak_source']}"),
     ("temp MiB", "r", lambda r: _or_dash(r.get("temp_bytes"), ".1f", 2**-20)),
 )

@@ -145,4 +145,13 @@ def initialize_distributed(dist_cfg: Any) -> None:
             dist_cfg.coordinator, dist_cfg.num_processes, dist_cfg.process_id
         )
     elif dist_cfg.auto or any(name in os.environ for name in _CLUSTER_ENV):
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # JAX found no cluster ("coordinator_address should be defined")
+            if any(name in os.environ for name in _CLUSTER_ENV):
+                raise
+            # configs/tpu.py sets dist.auto for TPU slices; a lone GPU machine must turn it off.
+            raise UsageError(
+                f"dist.auto is on but JAX found no cluster to join ({e}); on one machine pass "
+                "--config.dist.auto=false"
+            ) from None

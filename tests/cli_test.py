@@ -321,6 +321,9 @@ def test_offline_download_says_how_to_pass_the_file(tmp_path, capsys, monkeypatc
     assert cli.main(["minigpt", "prepare", "--data_dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "--input" in err and "\n" not in err.strip()
+    assert "put a copy at data/tinyshakespeare/input.txt (where `make demo` looks)" in err
+    assert "--input $(SHAKESPEARE)" in (ROOT / "Makefile").read_text()
+    assert f"SHAKESPEARE := {data.DEMO_INPUT}" in (ROOT / "Makefile").read_text()
     assert not (tmp_path / "d" / "input.txt").exists()
 
 

@@ -123,8 +123,8 @@ def _report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     if len(argv) == 1 and (pathlib.Path(argv[0]) / sweep.MANIFEST).is_file():  # a sweep root
         print(sweep_report.report(argv[0], FLAGS.out if FLAGS["out"].present else None), end="")
         return
-    print(report.report(argv, FLAGS.out), end="")
-    print(f"(written to {FLAGS.out}/report.md and {FLAGS.out}/val_curves.png)")
+    print(report.report(argv, FLAGS.out, FLAGS.x_axis), end="")
+    print(f"(written to {FLAGS.out}/: report.md, val_curves.png, train_curves.png)")
 
 
 def _convert(FLAGS: flags.FlagValues, argv: list[str]) -> None:

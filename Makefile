@@ -29,11 +29,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # Prepare Tiny Shakespeare (a local copy at $(SHAKESPEARE) if present, else downloaded),
-# train nanoGPT's CPU recipe, print a sample.
+# train nanoGPT's CPU recipe, print a sample. A demo stopped with Ctrl-C saves a checkpoint, and
+# `make demo` again resumes it (a finished one is sampled again); `rm -rf runs/demo` starts over.
 demo: $(STAMP)
 	$(BIN)/minigpt prepare $(if $(wildcard $(SHAKESPEARE)),--input $(SHAKESPEARE)) --data_dir data/shakespeare_char
-	rm -rf runs/demo
-	$(BIN)/minigpt train --config configs/shakespeare_char.py:cpu --workdir runs/demo
+	MINIGPT_RESUME_COMMAND="make demo" $(BIN)/minigpt train --config configs/shakespeare_char.py:cpu --workdir runs/demo
 	$(BIN)/minigpt sample --workdir runs/demo --prompt "O God, O God!" --max_new_tokens 500 --temperature 1.0 --top_k 10 --seed 0
 
 clean:

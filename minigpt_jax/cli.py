@@ -48,9 +48,10 @@ def _prepare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import clock, header, metrics, train, workdir
+    from minigpt_jax import clock, header, invocation, metrics, train, workdir
     from minigpt_jax import config as config_lib
 
+    program, argv = argv[0], argv[1:]  # argv[0]: how the user started us, for the resume hint
     run_dir = _need(FLAGS, "workdir", "e.g. --workdir runs/cpu")
     if FLAGS.config is None and (pathlib.Path(run_dir) / workdir.CONFIG_FILE).is_file():
         config = config_lib.from_saved(workdir.read_config(run_dir))  # the run's own config
@@ -64,11 +65,10 @@ def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     if results["stopped_by"] == "target":
         print(f"done at the target, step {results['step']}: {metrics.describe_eval(results)}")
     elif results["stopped_by"]:
-        again = " ".join(a for a in argv if a != "--overwrite")  # the resume repeats this line
         saved = "with a checkpoint" if results["step"] else "before training, nothing to save"
         print(
             f"stopped by {results['stopped_by']} at step {results['step']} {saved}; "
-            f"resume with: minigpt {again}"
+            f"resume with: {invocation.resume_command(program, argv)}"
         )
     else:
         print(f"done: {metrics.describe_eval(results)}; run in {run_dir}")
@@ -123,8 +123,8 @@ def _report(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     if len(argv) == 1 and (pathlib.Path(argv[0]) / sweep.MANIFEST).is_file():  # a sweep root
         print(sweep_report.report(argv[0], FLAGS.out if FLAGS["out"].present else None), end="")
         return
-    print(report.report(argv, FLAGS.out), end="")
-    print(f"(written to {FLAGS.out}/report.md and {FLAGS.out}/val_curves.png)")
+    print(report.report(argv, FLAGS.out, FLAGS.x_axis), end="")
+    print(f"(written to {FLAGS.out}/: report.md, val_curves.png, train_curves.png)")
 
 
 def _convert(FLAGS: flags.FlagValues, argv: list[str]) -> None:
@@ -153,6 +153,7 @@ def _compare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     from minigpt_jax import sweep, sweep_report, sweep_spec
 
+    argv = argv[1:]  # not the program's name
     root = pathlib.Path(_need(FLAGS, "root", "e.g. --root runs/act"))
     old = sweep.read_manifest(root)
     config = _config(FLAGS) if FLAGS.config is not None or old is None else None
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             startup.split_cpu(int(spec))
         if command not in JAX_FREE:
             startup.compilation_cache()
-        run(FLAGS, argv[1:] if command in ("train", "sweep") else extra)
+        run(FLAGS, argv if command in ("train", "sweep") else extra)
     except UsageError as e:
         print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ commands:
   sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--out FILE] [--vs torch]
   bench    train --config FILE[:variant] [--steps N] [--out FILE.json] [--vs torch]
-  report   RUN_DIR [RUN_DIR ...] [--out DIR]    summaries side by side + val curves
+  report   RUN_DIR [RUN_DIR ...] --out DIR [--x_axis steps|tokens|time]   side by side
   convert  --from nanogpt|mingpt CKPT.pt --meta meta.pkl|meta.json --workdir DIR   import
   convert  --to nanogpt --workdir DIR --out ckpt.pt [--step latest|best|N]         export
   compare  --config FILE[:variant] --steps N --out_dir DIR   JAX and PyTorch side by side
@@ -132,7 +132,15 @@ def bench_train(f: flags.FlagValues, argv: list[str]) -> None:
 
 
 def report(f: flags.FlagValues, argv: list[str]) -> None:
-    flags.DEFINE_string("out", "report", "Folder for report.md and val_curves.png.", flag_values=f)
+    flags.DEFINE_string(
+        "out", None, "Folder for report.md and the curves (required; a sweep root: the root).",
+        flag_values=f,
+    )  # fmt: skip
+    flags.DEFINE_enum(
+        "x_axis", "steps", ["steps", "tokens", "time"],
+        "The curves' x: steps, tokens seen, or the wall time of the run's processes.",
+        flag_values=f,
+    )  # fmt: skip
 
 
 def convert(f: flags.FlagValues, argv: list[str]) -> None:
@@ -163,7 +171,10 @@ def convert(f: flags.FlagValues, argv: list[str]) -> None:
         "block_size", None, "Import: the context, if the checkpoint lacks it.", flag_values=f
     )
     flags.DEFINE_string("data_dir", None, "Import: the run's data dir.", flag_values=f)
-    flags.DEFINE_bool("overwrite", False, "Import: replace a non-empty --workdir.", flag_values=f)
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace a non-empty --workdir (import), or an existing ckpt.pt or "
+        "meta.pkl (export).", flag_values=f,
+    )  # fmt: skip
 
 
 def compare(f: flags.FlagValues, argv: list[str]) -> None:

@@ -21,6 +21,7 @@ from minigpt_jax.files import atomic_write_bytes, make_dir, read_text
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
+DEMO_INPUT = "data/tinyshakespeare/input.txt"  # the Makefile's SHAKESPEARE: make demo's copy
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 
@@ -78,8 +79,8 @@ def download_shakespeare(dest: pathlib.Path, url: str | None = None) -> pathlib.
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise UsageError(
-            f"could not download Tiny Shakespeare ({reason}); offline, pass a local copy: "
-            "minigpt prepare --input path/to/input.txt"
+            f"could not download Tiny Shakespeare ({reason}); offline, put a copy at "
+            f"{DEMO_INPUT} (where `make demo` looks) or pass it: minigpt prepare --input FILE"
         ) from None
     make_dir(dest.parent, "--data_dir")
     atomic_write_bytes(dest, payload)

@@ -200,11 +200,13 @@ def import_checkpoint(
 
 
 def export_nanogpt(
-    workdir: str, out: str, step_spec: str = "latest", meta_out: str | None = None
-) -> tuple[int, pathlib.Path, str]:
+    workdir: str, out: str, step_spec: str = "latest", meta_out: str | None = None,
+    overwrite: bool = False,
+) -> tuple[int, pathlib.Path, str]:  # fmt: skip
     """`minigpt convert --to nanogpt`: a run's checkpoint as nanoGPT's ckpt.pt (model,
     model_args, iter_num, best_val_loss, config) and the meta.pkl its sample.py decodes with
-    (beside it unless meta_out says), both written whole. -> (step, meta.pkl, dataset name)."""
+    (beside it unless meta_out says), both written whole; an existing file is replaced only
+    with overwrite. -> (step, meta.pkl, dataset name)."""
     torch = errors.require_torch().torch
     config, meta, cfg = workdir_lib.read_run(workdir)
     bad = nanogpt_incompatible(cfg)
@@ -212,6 +214,11 @@ def export_nanogpt(
         raise UsageError(
             f"nanoGPT's GPT cannot express {', '.join(bad)}; export a nanoGPT-style run"
         )
+    dest = files.out_path(out)
+    meta_path = files.out_path(meta_out, "--meta_out") or dest.absolute().with_name("meta.pkl")
+    for path in (dest, meta_path):  # before any weight is read, as the import checks --workdir
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} exists; pass --overwrite to replace it")
     step, params = checkpoint.load_params(workdir, cfg, step_spec)
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     val = ckpt.read_meta(step).get("val_loss")
@@ -238,8 +245,6 @@ def export_nanogpt(
             **{k: getattr(cfg, k) for k in NANOGPT_MODEL_ARGS if k != "vocab_size"},
         },
     }  # fmt: skip
-    dest = files.out_path(out)
-    meta_path = files.out_path(meta_out, "--meta_out") or dest.absolute().with_name("meta.pkl")
     itos = dict(enumerate(meta["itos"]))  # nanoGPT's prepare.py: {id: char} and {char: id}
     nano_meta = {"vocab_size": len(itos), "itos": itos, "stoi": {c: i for i, c in itos.items()}}
     fd, tmp = tempfile.mkstemp(dir=dest.absolute().parent, prefix=f".{dest.name}.", suffix=".tmp")
@@ -270,7 +275,7 @@ def convert(
     if target:
         if ckpt or not out:
             raise UsageError("export takes no CKPT argument; pass --out ckpt.pt")
-        saved, meta_path, dataset = export_nanogpt(workdir, out, step, meta_out)
+        saved, meta_path, dataset = export_nanogpt(workdir, out, step, meta_out, overwrite)
         ckpt_dir = pathlib.Path(out).absolute().parent
         name = "" if pathlib.Path(out).name == "ckpt.pt" else f" (as {ckpt_dir}/ckpt.pt)"
         return (

@@ -43,10 +43,14 @@ def write_summary(
     stopped_by: str | None = None,
     target: float = 0.0,
     wall: dict[str, float] | None = None,
+    step: int | None = None,
+    checkpoint_step: int | None = None,
 ) -> dict:
     """Writes and returns workdir/summary.json. stopped_by: None (ran to max_iters), 'target',
     or the signal that stopped it; `finished` is true for the first two. wall: clock.py's
-    breakdown of this process's time."""
+    breakdown of this process's time. step: where the run stopped (default: the last record's,
+    which misses a stop between log lines); checkpoint_step: the newest saved step, the one a
+    resume starts from."""
     import platform
     import subprocess
 
@@ -59,7 +63,8 @@ def write_summary(
     scored = [r for r in evals if "val_loss" in r]
     best = min(scored, key=lambda r: r["val_loss"]) if scored else {}
     last = evals[-1] if evals else {}
-    step = max((r["step"] for r in records), default=0)
+    if step is None:
+        step = max((r["step"] for r in records), default=0)
     # The first logged interval includes compilation; the median leaves it out.
     ms = statistics.median(r["ms_per_iter"] for r in trains[1:]) if len(trains) > 1 else None
     try:  # the code's version, when it runs from a git checkout
@@ -75,6 +80,7 @@ def write_summary(
         "tokens_per_step": tokens_per_step,
         "finished": stopped_by in (None, TARGET_STOP),
         "stopped_by": stopped_by,
+        "checkpoint_step": checkpoint_step,
         "best_val_loss": best.get("val_loss"),
         "best_step": best.get("step"),
         "final_train_loss": last.get("train_loss"),

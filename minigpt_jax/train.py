@@ -7,7 +7,6 @@ import functools
 import json
 import math
 import pathlib
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -175,6 +174,7 @@ def _train(
         summary.write_summary(
             workdir, params=params, tokens_per_step=run.tokens_per_step, wall_s=wall_s,
             stopped_by=results["stopped_by"], target=t.target_val_loss, wall=results["wall"],
+            step=results["step"], checkpoint_step=ckpt.latest_step(),
         )  # fmt: skip
     if t.skip_nonfinite and results["skipped"] > t.skip_nonfinite_limit * results["step"]:
         raise RunStopped(
@@ -246,7 +246,6 @@ def _loop(
             writer.log(f"step {start}: full val {results['val_loss_full']:.4f} is at the target")
             return {**results, "step": start, "stopped_by": summary.TARGET_STOP, "skipped": skipped}
         if stop.asked():  # before the first step: step 0 is the seed's init, a later one is saved
-            writer.log(f"stopped by {stop.name()} at step {start}, before its first step")
             return {**results, "step": start, "stopped_by": stop.name(), "skipped": skipped}
         for step in range(start + 1, t.max_iters + 1):
             with timer("compile") if step == start + 1 else contextlib.nullcontext():
@@ -289,9 +288,8 @@ def _loop(
             if stopping:
                 with timer("checkpoint"):
                     ckpt.wait()
-                name = signal.Signals(stop.signum).name if stop.signum else "preemption"
-                writer.log(f"stopped by {name} at step {step}; checkpoint saved")
-                return {**results, "step": step, "stopped_by": name, "skipped": skipped}
+                # No line here: the caller says it once, with the command that resumes.
+                return {**results, "step": step, "stopped_by": stop.name(), "skipped": skipped}
         if pending is not None:
             flush(pending)
     finally:

@@ -245,8 +245,11 @@ def _bad_inputs(tmp, smoke_dir):
         ([*train, data_flag, "--config.sample.prompt=Gød"], "'ø'"),
         ([*train, data_flag, "--config.model.bias_head=true"], "untied head"),
         (["report"], "name the runs"),
-        (["report", run, "norun"], "norun has no metrics.jsonl"),
+        (["report", run, "norun", "--out", "rep"], "norun has no metrics.jsonl"),
         (["report", run, "--out", "afile"], "is a file"),
+        (["report", run, "missing"], "missing does not exist; pass the --workdir of"),
+        (["report", run], "--out is required"),  # rather than a report/ folder in the cwd
+        (["report", run, "--out", "rep", "--x_axis", "epochs"], "--x_axis"),
         # Issue 15, 9: tracebacks before.
         (["train", "--config", "syntax.py", "--workdir", "w"], "SyntaxError at line 1"),
         (["train", "--config", "nul.py", "--workdir", "w"], "null bytes"),
@@ -256,7 +259,7 @@ def _bad_inputs(tmp, smoke_dir):
         (["sample", "--workdir", "latin1meta"], "meta.json is not UTF-8"),
         (["eval", "--workdir", "listmeta"], "meta.json is not a tokenizer's vocabulary"),
         (["sample", "--workdir", "listconfig"], "config.json is not a run's config"),
-        (["report", "latin1metrics"], "metrics.jsonl line 1 is not UTF-8"),
+        (["report", "latin1metrics", "--out", "rep"], "metrics.jsonl line 1 is not UTF-8"),
         (["sample", "--workdir", run, "--seed", "1180591620717411303424"], "--seed must be"),
         ([*train, data_flag, "--config.train.seed=-1"], "train.seed must be"),
         # Issue 15, 10: accepted before.
@@ -290,6 +293,7 @@ def test_bad_inputs_give_one_line_and_exit_2(smoke_run, tmp_path, capsys, monkey
         assert "\n" not in err and "Traceback" not in err, (args, err)
     assert sorted(p.relative_to(smoke_run) for p in smoke_run.rglob("*")) == before
     assert not (tmp_path / "w").exists()  # no half-made run left behind
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "report").exists()
 
 
 def test_train_on_a_workdir_that_cannot_be_written_is_one_line(
@@ -321,6 +325,9 @@ def test_offline_download_says_how_to_pass_the_file(tmp_path, capsys, monkeypatc
     assert cli.main(["minigpt", "prepare", "--data_dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "--input" in err and "\n" not in err.strip()
+    assert "put a copy at data/tinyshakespeare/input.txt (where `make demo` looks)" in err
+    assert "--input $(SHAKESPEARE)" in (ROOT / "Makefile").read_text()
+    assert f"SHAKESPEARE := {data.DEMO_INPUT}" in (ROOT / "Makefile").read_text()
     assert not (tmp_path / "d" / "input.txt").exists()
 
 

@@ -116,10 +116,15 @@ def test_nanogpt_checkpoint_imports_samples_evaluates_and_exports(files, capsys,
     code, out, err = _run(["eval", "--workdir", "imp"], capsys)
     assert code == 0 and "step 42: train loss" in out and "full val" in out, err
     # Export: a ckpt.pt nanoGPT's sample.py loads (model_args -> GPTConfig, strict state_dict).
-    code, out, err = _run(
-        ["convert", "--to", "nanogpt", "--workdir", "imp", "--out", "back.pt"], capsys
-    )
+    # meta.pkl beside back.pt is the user's own, imported above: replaced only with --overwrite.
+    export = ["convert", "--to", "nanogpt", "--workdir", "imp", "--out", "back.pt"]
+    code, out, err = _run(export, capsys)
+    assert code == 2 and f"{tmp / 'meta.pkl'} exists; pass --overwrite to replace it" in err
+    code, out, err = _run([*export, "--overwrite"], capsys)
     assert code == 0, err
+    code, _, err = _run([*export, "--meta_out", "other.pkl"], capsys)  # back.pt exists now
+    assert code == 2 and "back.pt exists; pass --overwrite" in err
+    assert not (tmp / "other.pkl").exists()
     back = torch.load(tmp / "back.pt", weights_only=True)
     assert back["iter_num"] == 42 and back["model_args"] == {
         k: getattr(cfg, k) for k in convert.NANOGPT_MODEL_ARGS

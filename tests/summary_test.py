@@ -83,6 +83,17 @@ def test_a_run_is_finished_at_max_iters_or_its_target_not_when_stopped(
     assert (s["finished"], s["stopped_by"]) == (finished, stopped_by)
 
 
+def test_a_stop_between_log_lines_is_the_step_and_checkpoint_the_caller_names(tmp_path):
+    """The records end at step 40; a Ctrl-C at 43 saved step 43, and a resume starts there."""
+    _records_by_hand(tmp_path, RUN)
+    s = summary.write_summary(
+        tmp_path, params={}, tokens_per_step=8, wall_s=1.0, stopped_by="SIGINT", step=43,
+        checkpoint_step=43,
+    )  # fmt: skip
+    assert (s["step"], s["tokens_seen"], s["checkpoint_step"]) == (43, 43 * 8, 43)
+    assert (s["finished"], s["stopped_by"]) == (False, "SIGINT")
+
+
 def test_race_records_the_first_eval_at_or_below_the_target():
     # Full val losses: 4.11 at step 0, 2.91 at 20, 3.21 at 40.
     hit = summary.race(RUN, target=3.21, tokens_per_step=64)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from minigpt_jax import bench, decode, files, sample
+from minigpt_jax import bench_noise, decode, files, sample
 from minigpt_jax.bench import VOCAB, markdown, spread, timed
 from minigpt_jax.config import model_config
 from minigpt_jax.errors import UsageError, require_torch
@@ -68,7 +68,7 @@ def run_sample(
     if vs_torch:
         runs[TORCH_METHOD] = _torch_generate(params, cfg, torch_threads)
     print(_machine(cfg, num_samples), file=out, flush=True)
-    load_before = bench.load_average()
+    load_before = bench_noise.load_average()
     rows = []
     for n in lengths:
         compile_s = {m: timed(run, n) for m, run in runs.items()}
@@ -85,16 +85,16 @@ def run_sample(
             rows.append(
                 dict(new_tokens=n, method=m, tok_s=num_samples * n / med, seconds=med,
                      spread=(min(times[m]), max(times[m])),
-                     rel_spread=bench.rel_spread(times[m]),
+                     rel_spread=bench_noise.rel_spread(times[m]),
                      first_call_s=compile_s[m], speedup=ref / med,
                      speedup_torch=torch_ref and torch_ref / med,
-                     unreliable=bench.unreliable(times[m], times[METHODS[2]]),
-                     unreliable_torch=bench.unreliable(times[m], torch_times))
+                     unreliable=bench_noise.unreliable(times[m], times[METHODS[2]]),
+                     unreliable_torch=bench_noise.unreliable(times[m], torch_times))
             )  # fmt: skip
     print(table(rows), file=out)
     worst = max(rows, key=lambda r: r["rel_spread"])  # each row's own is in the table
     spreads = {f"widest ({worst['method']}, {worst['new_tokens']})": worst["rel_spread"]}
-    print(bench.describe_conditions(load_before, spreads, repeats), file=out)
+    print(bench_noise.describe_conditions(load_before, spreads, repeats), file=out)
     if not vs_torch:
         print("PyTorch not timed: add --vs torch (loading torch takes a while).", file=out)
     if table_path:
@@ -133,7 +133,7 @@ def _ratio(value: float | None, flagged: bool | None) -> str:
     """A ratio cell: '-' when not measured, marked when its samples spread too far."""
     if not value:
         return "-"
-    return f"{value:.1f}x" + (f" ({bench.UNRELIABLE})" if flagged else "")
+    return f"{value:.1f}x" + (f" ({bench_noise.UNRELIABLE})" if flagged else "")
 
 
 def table(rows: list[dict]) -> str:

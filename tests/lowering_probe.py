@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec
 
 from minigpt_jax import lowering, sharding
 from minigpt_jax import run as run_lib
-from minigpt_jax.cli_flags import load_config_file
+from minigpt_jax.config_file import load_config_file
 
 MESHES = {"dp": (8, 1, 1), "fsdp": (1, 8, 1), "fsdp_tensor": (1, 4, 2)}
 PLATFORMS = ("tpu", "cuda")

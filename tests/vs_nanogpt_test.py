@@ -24,7 +24,7 @@ for i in range(n + 1):
 open(args["out_dir"] + "/ckpt.pt", "w").write("x")
 """
 
-FAKE_PREPARE = 'open("train.bin", "w").write(open("input.txt").read()[:10])\n'
+FAKE_PREPARE = 'import requests\nopen("train.bin", "w").write(open("input.txt").read()[:10])\n'
 
 
 def test_rounds_alternate_and_ratios_pair_the_rounds(corpus, tmp_path):

@@ -14,6 +14,7 @@ a quiet machine: its numbers are the machine's as much as the code's.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -65,7 +66,16 @@ def prepare(nanogpt: pathlib.Path, text: pathlib.Path, out: pathlib.Path) -> pat
     if copy.exists() and copy.read_bytes() != text.read_bytes():
         sys.exit(f"error: {copy} holds another text than {text}; move it away first")
     shutil.copyfile(text, copy)
-    subprocess.run([sys.executable, "prepare.py"], cwd=here, check=True, capture_output=True)
+    # prepare.py imports requests for its download, which the copied text makes unneeded; where
+    # requests is not installed, a stand-in that refuses to download takes its place.
+    shim = out / "shim"
+    shim.mkdir()
+    (shim / "requests.py").write_text("def get(url):\n    raise SystemExit('offline: ' + url)\n")
+    env = {**os.environ}
+    if importlib.util.find_spec("requests") is None:
+        env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "prepare.py"], cwd=here, check=True, capture_output=True,
+                   env=env)  # fmt: skip
     data = out / "data"
     subprocess.run(
         [sys.executable, "-m", "minigpt_jax.cli", "prepare", "--input", str(text),

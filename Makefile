@@ -20,9 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # One pytest worker per CPU, at most four: a cold run is mostly XLA compiling, which leaves a
-# core idle (8:28 against 12:54 serial on a 2-core CI box).
+# core idle (8:28 against 12:54 serial on a 2-core CI box). Whole files per worker: a module's
+# shared fixture (a trained run, a lowering probe, a finished sweep) is then built once, not
+# once on every worker that gets one of its tests.
 test: lint
-	$(BIN)/python -m pytest -q -n logical --maxprocesses=4 --durations=15
+	$(BIN)/python -m pytest -q -n logical --maxprocesses=4 --dist loadfile --durations=15
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

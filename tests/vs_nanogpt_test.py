@@ -38,7 +38,8 @@ def test_rounds_alternate_and_ratios_pair_the_rounds(corpus, tmp_path):
     script = ROOT / "experiments/vs_nanogpt/run.py"
     command = [sys.executable, str(script), "--nanogpt", str(nano), "--input", str(text),
                "--out", str(out), "--rounds", "2", "--max_iters", "4",
-               "--warmup_iters", "2"]  # fmt: skip
+               "--warmup_iters", "2", "--ours=--config.sample.max_new_tokens=0",
+               "--ours=--config.model.n_layer=1", "--ours=--config.train.eval_iters=2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -90,10 +90,8 @@ def run_arm(arm: str, args: argparse.Namespace, run_dir: pathlib.Path, data: pat
     if arm == "nanogpt":
         command, cwd = nanogpt_command(run_dir, args.max_iters, args.warmup_iters), args.nanogpt
     else:
-        command, cwd = (
-            minigpt_command(OURS[arm], run_dir, data, args.max_iters, args.warmup_iters),
-            ROOT,
-        )
+        command = minigpt_command(OURS[arm], run_dir, data, args.max_iters, args.warmup_iters)
+        command, cwd = command + args.ours, ROOT
     run_dir.mkdir(parents=True)
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -186,6 +184,7 @@ def main() -> None:
     p.add_argument("--arms", default="nanogpt,minigpt", help="of nanogpt, minigpt, modern")
     p.add_argument("--max_iters", type=int, default=2000, help="both recipes' steps")
     p.add_argument("--warmup_iters", type=int, default=100, help="both recipes' warmup")
+    p.add_argument("--ours", action="append", default=[], help="a --config.* flag for our runs")
     args = p.parse_args()
     arms = args.arms.split(",")
     if not set(arms) <= {"nanogpt", *OURS} or not args.input.is_file() or args.out.exists():

@@ -68,11 +68,12 @@ def prepare(nanogpt: pathlib.Path, text: pathlib.Path, out: pathlib.Path) -> pat
     shutil.copyfile(text, copy)
     # prepare.py imports requests for its download, which the copied text makes unneeded; where
     # requests is not installed, a stand-in that refuses to download takes its place.
-    shim = out / "shim"
-    shim.mkdir()
-    (shim / "requests.py").write_text("def get(url):\n    raise SystemExit('offline: ' + url)\n")
     env = {**os.environ}
     if importlib.util.find_spec("requests") is None:
+        shim = out / "shim"
+        shim.mkdir()
+        stand_in = "def get(url):\n    raise SystemExit('offline: ' + url)\n"
+        (shim / "requests.py").write_text(stand_in)
         env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, "prepare.py"], cwd=here, check=True, capture_output=True,
                    env=env)  # fmt: skip

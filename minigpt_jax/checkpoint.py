@@ -68,6 +68,11 @@ sys.unraisablehook = lambda u: None if _orbax_leftover(u.exc_value, u.object) el
 sys.excepthook = lambda t, v, tb: None if _orbax_leftover(v) else _excepthook(t, v, tb)
 
 
+def one_line(error: Exception) -> str:
+    """An orbax or tensorstore error as one short line (some span several, with context)."""
+    return " ".join(str(error).split())[:200]
+
+
 class Checkpointer:
     """Async orbax saves; params and opt_state are separate items so either restores alone."""
 
@@ -174,8 +179,7 @@ class Checkpointer:
         older steps serve and a later save of the same step number can proceed."""
         src = self.step_dir(step)
         dst = src.with_name(f"{step}{UNREADABLE}-{int(time.time())}")
-        reason = " ".join(str(error).split())[:200]
-        log(f"checkpoint {src} is unreadable or damaged ({reason}); moved to {dst.name}")
+        log(f"checkpoint {src} is unreadable or damaged ({one_line(error)}); moved to {dst.name}")
         if jax.process_index() == 0:
             os.replace(src, dst)
         if jax.process_count() > 1:
@@ -248,8 +252,9 @@ def load_params(
                 if not gone and set_aside:
                     ckpt.set_aside(step, e, log)
                 elif not gone:
-                    log(f"checkpoint {ckpt.step_dir(step)} is unreadable or damaged ({e}); "
-                        "skipped (a live run holds the workdir: not moved)")  # fmt: skip
+                    where, why = ckpt.step_dir(step), one_line(e)
+                    log(f"checkpoint {where} is unreadable or damaged ({why}); skipped (a live "
+                        "run holds the workdir: not moved)")  # fmt: skip
                 skip.add(step)
                 ckpt.manager.reload()
                 if spec.isdigit() and not gone:

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 from minigpt_jax import bench_sample
 
@@ -27,7 +27,7 @@ def _rows(readme: str) -> dict[str, str]:
 def test_dry_run_runs_every_step_at_toy_size_and_fills_the_table(corpus, tmp_path):
     readme_before = (HERE / "README.md").read_text()
     out, data_dir = tmp_path / "out", tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}  # one CPU device
     args = ["--dry", "--jobs", "2", "--input", str(corpus), "--out", str(out)]
     proc = subprocess.run(
         ["bash", str(HERE / "run.sh"), *args, "--data_dir", str(data_dir)],

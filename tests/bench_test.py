@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, xla_flags
 
 from minigpt_jax import bench, bench_noise, cli
 
@@ -84,7 +84,7 @@ def test_cpu_devices_splits_the_cpu_for_a_data_parallel_step(tmp_path):
     out = tmp_path / "train.json"
     smoke = str(ROOT / "configs/shakespeare_char.py:smoke")
     args = ["bench", "train", "--config", smoke, "--steps", "1", "--cpu_devices", "2"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}  # --cpu_devices sets the count
     proc = subprocess.run(
         [sys.executable, "-m", "minigpt_jax.cli", *args, "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT)},

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import ROOT, SWITCHES, TINY, init_params
+from conftest import ROOT, SWITCHES, TINY, init_params, xla_flags
 
 from minigpt_jax import blocks, config
 from minigpt_jax.model import abstract_params, make_model
@@ -148,7 +148,7 @@ def test_all_switches_on_a_2x2x2_mesh_match_one_device():
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests/scripts/mesh_equivalence.py"), "[1,1,1]", "[2,2,2]"],
         env={**os.environ, "PYTHONPATH": str(ROOT), "MESH_MODEL": json.dumps(ALL_ON),
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+             "XLA_FLAGS": xla_flags(8)},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

@@ -11,7 +11,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 from minigpt_jax import checkpoint, eval_run, integrity, metrics, sample_run, train, workdir
 from minigpt_jax.errors import UsageError
@@ -46,7 +46,7 @@ print(len(prints), jax.device_count())
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags(4),
     }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)  # fmt: skip
@@ -179,5 +179,7 @@ def test_with_every_step_damaged_eval_says_so_in_one_line_and_no_tracebacks(run_
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr[
         :3000
     ]
-    assert len(lines) == 3 and all("unreadable or damaged" in line for line in lines[:2])
+    assert len(lines) == 3 and all("unreadable or damaged" in line for line in lines[:2]), (
+        out.stderr
+    )
     assert lines[2].startswith("minigpt eval: error:") and "no checkpoint that reads" in lines[2]

@@ -13,7 +13,7 @@ import sys
 import warnings
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 from minigpt_jax import sharding
 
@@ -31,7 +31,7 @@ def records() -> list[dict]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": xla_flags(8),
         "JAX_PLATFORMS": "cpu",
     }
     out = subprocess.run(

@@ -12,13 +12,14 @@ import time
 
 import pytest
 import tpu_doc
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 from minigpt_jax import data, files
 
 # The launch docs/tpu.md gives for two machines (section 7: :gpt2_124m, the coordinator and the
 # process id named by hand), run as two processes here; CPU_SIZE shrinks its model and run (FSDP
-# over 4 devices, 4 micro-steps of 16 rows kept). The preset's lr, warmed up in 2 steps: two
+# over 4 devices, 4 micro-steps of 16 rows kept; no samples at evals: process 0 of two draws
+# none, and one process's would only cost a compile). The preset's lr, warmed up in 2 steps: two
 # processes reduce in another order than one (ulp-level, ~1e-7 here), and at lr 1e-2 Adam grew
 # that past 1e-5 within 3 steps of the resume; at 6e-4 it stays at the ulp.
 DOC_COMMAND = tpu_doc.two_machine_command()
@@ -27,7 +28,7 @@ CPU_SIZE = [
     "--config.model.block_size=32", "--config.model.dtype=float32", "--config.train.batch_size=16",
     "--config.opt.warmup_iters=2", "--config.train.eval_iters=4",
     "--config.train.eval_interval=3", "--config.train.ckpt_interval=3",
-    "--config.train.log_interval=1",
+    "--config.train.log_interval=1", "--config.sample.max_new_tokens=0",
 ]  # fmt: skip
 
 
@@ -58,7 +59,7 @@ def _env(devices):
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
     }
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, one_line_error, tiny_config
+from conftest import ROOT, one_line_error, tiny_config, xla_flags
 
 from minigpt_jax import plan
 
@@ -49,7 +49,7 @@ print(json.dumps(out))
 def measured() -> list[dict]:
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": xla_flags(8),
     }  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(CASES)], env=env, capture_output=True,

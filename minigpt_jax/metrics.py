@@ -63,12 +63,12 @@ class MetricsWriter:
         self._file = self._tb = self._wandb = None
         self._started = time.perf_counter() if started is None else started
         self._elapsed_before = 0.0
-        if enabled and config and config.get("train", {}).get("wandb_project"):
-            # First: a wandb that cannot start (no login) fails the run before a file changes.
-            self._wandb = wandb_sink.WandbSink(workdir, config, resume=resume_step is not None)
         if enabled:
             kept = [r for r in read_metrics(workdir) if r["step"] <= initial]
             self._elapsed_before = max((r.get("elapsed_s", 0.0) for r in kept), default=0.0)
+            if config and config.get("train", {}).get("wandb_project"):
+                # Before a file changes: a wandb that cannot start (no login) fails the run.
+                self._wandb = wandb_sink.WandbSink(workdir, config, resume=resume_step is not None)
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
             self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
             SummaryWriter = _summary_writer_class()  # deferred: slow import, process 0 only

@@ -74,5 +74,6 @@ class WandbSink:
             self.run.log(values, step=step)
 
     def close(self, failed: bool = False) -> None:
-        """Finishes the run (its files flushed, uploaded when online); failed marks it so."""
+        """Finishes the run (failed marks it so); wandb's own service process writes out what
+        is left of its files, and uploads them when online."""
         self.run.finish(exit_code=1 if failed else 0)

@@ -2,6 +2,7 @@
 network), its files in the workdir, the same wandb run continued by a resume."""
 
 import copy
+import io
 import json
 import pathlib
 import struct
@@ -187,6 +188,21 @@ def test_wandb_mode_beats_the_environment_and_a_failure_marks_the_run(
     [run] = wandb_runs(tmp_path / "on")
     assert run["history"] == {0: {"eval/train_loss": 1.5}} and run["config"] == cfg
     assert run["exit_code"] == 1
+
+
+def test_wandb_that_cannot_start_is_one_line_and_the_records_stay(offline, tmp_path, monkeypatch):
+    """Online without an API key (HOME without a .netrc, no terminal to ask on): wandb.init's
+    error as one UsageError line, raised before metrics.jsonl is rewritten."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/metrics.jsonl").write_text('{"kind": "eval", "step": 0, "val_loss": 2.0}\n')
+    cfg = {"train": {"wandb_project": "p", "wandb_run_name": "", "wandb_mode": "online"}}
+    with pytest.raises(UsageError, match=r"^wandb: .*API key.*WANDB_MODE=offline$") as e:
+        metrics.MetricsWriter(tmp_path / "run", total=1, config=cfg)
+    assert "\n" not in str(e.value)
+    assert metrics.read_metrics(tmp_path / "run") == [{"kind": "eval", "step": 0, "val_loss": 2.0}]
 
 
 def test_a_bad_mode_and_a_missing_wandb_are_one_line_before_the_workdir(

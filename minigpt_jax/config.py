@@ -118,6 +118,11 @@ def base_config() -> config_dict.ConfigDict:
     c.train.stop_at_target = True
     c.train.log_norms = False  # each layer's grad, param and update norms in the train metrics
     c.train.profile_steps = ""  # 'START,N': a jax.profiler trace of N steps into WORKDIR/profile
+    # Weights & Biases (the wandb extra): process 0 mirrors the scalars and this config to a wandb
+    # run kept in WORKDIR/wandb; a resume continues it. '': off.
+    c.train.wandb_project = ""
+    c.train.wandb_run_name = ""  # '': wandb's own
+    c.train.wandb_mode = ""  # 'online' | 'offline' | 'disabled'; '': WANDB_MODE, else online
 
     c.sample = config_dict.ConfigDict()  # written to <workdir>/samples/ at every eval
     c.sample.prompt = "\n"  # nanoGPT's sample.py starts from a newline
@@ -213,7 +218,7 @@ def _choice(c: Any, field: str, choices: tuple[str, ...]) -> None:
 
 def validate(c: Any) -> None:
     """Every check that needs no data and no devices: one UsageError line naming the field."""
-    from minigpt_jax import optimizer, profiler, sample
+    from minigpt_jax import optimizer, profiler, sample, wandb_sink
 
     t, o = c.train, c.opt
     for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -228,6 +233,7 @@ def validate(c: Any) -> None:
     if not t.target_val_loss >= 0:
         raise UsageError(f"train.target_val_loss must be >= 0 (0: none), got {t.target_val_loss}")
     profiler.parse_steps(t.profile_steps)
+    wandb_sink.check(t)
     _choice(c, "train.init_from", INIT_FROM)
     _choice(c, "data.sampling", SAMPLINGS)
     _choice(c, "opt.schedule", optimizer.SCHEDULES)
@@ -248,28 +254,9 @@ def validate(c: Any) -> None:
         sample.check_seed(t.seed)
     except ValueError as e:
         raise UsageError(f"train.seed {e}") from None
-    _check_opt(o)
+    optimizer.check_config(o)
     model_config(c, c.model.vocab_size or 1)
     sample_settings(c.sample.settings)
-
-
-def _check_opt(o: Any) -> None:
-    """AdamW's, Muon's and the schedule's numbers where only one side makes sense (nan fails
-    each)."""
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "muon_lr",
-                 "muon_weight_decay"):  # fmt: skip
-        if not o[name] >= 0:
-            raise UsageError(f"opt.{name} must be >= 0, got {o[name]}")
-    for name in ("b1", "b2", "muon_momentum"):
-        if not 0 <= o[name] < 1:
-            raise UsageError(f"opt.{name} must be in [0, 1), got {o[name]}")
-    if not o.eps > 0:
-        raise UsageError(f"opt.eps must be > 0, got {o.eps}")
-    if not 1 <= o.muon_ns_steps < 100:  # torch refuses 100 and more
-        raise UsageError(f"opt.muon_ns_steps must be in [1, 99], got {o.muon_ns_steps}")
-    if o.optimizer == "muon" and not o.lr > 0:
-        raise UsageError("opt.lr must be > 0 with opt.optimizer=muon: Muon's min_lr is "
-                         f"opt.min_lr * muon_lr / lr, got lr={o.lr}")  # fmt: skip
 
 
 def sample_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:

@@ -1,4 +1,5 @@
-"""Where a run's numbers go: a tqdm bar, workdir/metrics.jsonl, TensorBoard, and a loss plot."""
+"""Where a run's numbers go: a tqdm bar, workdir/metrics.jsonl, TensorBoard, Weights & Biases
+when asked, and a loss plot."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import tqdm
 
+from minigpt_jax import wandb_sink
 from minigpt_jax.errors import UsageError
 from minigpt_jax.files import atomic_write_bytes
 
@@ -33,7 +35,9 @@ def _summary_writer_class() -> type:
 
 
 class MetricsWriter:
-    """Appends one JSON line per record and mirrors scalars to TensorBoard and the terminal.
+    """Appends one JSON line per record and mirrors scalars to TensorBoard, the terminal and,
+    when the config names a train.wandb_project, a wandb run. A context manager: leaving it
+    closes everything, and an exception marks the wandb run failed.
 
     Only the process that owns the run's files (process 0) creates one with enabled=True.
     """
@@ -46,26 +50,33 @@ class MetricsWriter:
         resume_step: int | None = None,
         enabled: bool = True,
         started: float | None = None,
+        config: dict | None = None,
     ):
         """A fresh run starts empty records. A resumed run keeps those of steps <= resume_step
         and drops later ones (it redoes them), so its records equal an uninterrupted run's.
         Each record gets `time` (unix seconds) and `elapsed_s`: seconds since this process
-        started the run (perf_counter `started`), plus the last kept record's, across resumes."""
+        started the run (perf_counter `started`), plus the last kept record's, across resumes.
+        config (config.json's content) goes to TensorBoard as text and to wandb as its config."""
         initial = -1 if resume_step is None else resume_step
         self.enabled, self.total = enabled, total
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        self._file = self._tb = None
+        self._file = self._tb = self._wandb = None
         self._started = time.perf_counter() if started is None else started
         self._elapsed_before = 0.0
         if enabled:
             kept = [r for r in read_metrics(workdir) if r["step"] <= initial]
             self._elapsed_before = max((r.get("elapsed_s", 0.0) for r in kept), default=0.0)
+            if config and config.get("train", {}).get("wandb_project"):
+                # Before a file changes: a wandb that cannot start (no login) fails the run.
+                self._wandb = wandb_sink.WandbSink(workdir, config, resume=resume_step is not None)
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
             self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
             SummaryWriter = _summary_writer_class()  # deferred: slow import, process 0 only
 
             # purge_step hides events the interrupted run logged past the resume point.
             self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"), purge_step=initial + 1)
+            if config is not None:
+                self.write_text("config", json.dumps(config, indent=2), 0)
         # On a terminal the bar shows progress; elsewhere (CI, logs) plain lines do.
         self.interactive = enabled and sys.stderr.isatty()
         self.bar = tqdm.tqdm(
@@ -84,9 +95,15 @@ class MetricsWriter:
         record = {"kind": kind, "step": step, **values, "time": time.time(), "elapsed_s": elapsed}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        for name, value in values.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._tb.add_scalar(f"{kind}/{name}", value, step)
+        scalars = {
+            f"{kind}/{name}": value
+            for name, value in values.items()
+            if isinstance(value, (int, float)) and math.isfinite(value)
+        }
+        for tag, value in scalars.items():
+            self._tb.add_scalar(tag, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step)
         if kind == "train":
             self.bar.set_postfix_str(f"loss {values['loss']:.4f}", refresh=False)
             # The same line on a terminal (above the bar) and off it (CI, nohup, a sweep's log):
@@ -122,11 +139,21 @@ class MetricsWriter:
         if self.enabled:
             tqdm.tqdm.write(message, file=sys.stderr if self.interactive else sys.stdout)
 
-    def close(self) -> None:
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, *_: Any) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """failed: the run ended by an exception, which the wandb run records."""
         self.bar.close()
         if self._file is not None:
             self._file.close()
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb, sink = None, self._wandb
+            sink.close(failed)
 
 
 SAMPLES_DIR = "samples"

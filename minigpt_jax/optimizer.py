@@ -19,6 +19,25 @@ DECAY_MASKS = ("ndim", "linear", "all")
 OPTIMIZERS = ("adamw", "muon")
 
 
+def check_config(o: Any) -> None:
+    """AdamW's, Muon's and the schedule's numbers where only one side makes sense (nan fails
+    each); config.validate calls it with the other checks."""
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "muon_lr",
+                 "muon_weight_decay"):  # fmt: skip
+        if not o[name] >= 0:
+            raise UsageError(f"opt.{name} must be >= 0, got {o[name]}")
+    for name in ("b1", "b2", "muon_momentum"):
+        if not 0 <= o[name] < 1:
+            raise UsageError(f"opt.{name} must be in [0, 1), got {o[name]}")
+    if not o.eps > 0:
+        raise UsageError(f"opt.eps must be > 0, got {o.eps}")
+    if not 1 <= o.muon_ns_steps < 100:  # torch refuses 100 and more
+        raise UsageError(f"opt.muon_ns_steps must be in [1, 99], got {o.muon_ns_steps}")
+    if o.optimizer == "muon" and not o.lr > 0:
+        raise UsageError("opt.lr must be > 0 with opt.optimizer=muon: Muon's min_lr is "
+                         f"opt.min_lr * muon_lr / lr, got lr={o.lr}")  # fmt: skip
+
+
 def nanogpt_lr(it: jax.Array, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_iters: int):
     """nanoGPT's get_lr: linear warmup, cosine down to min_lr at lr_decay_iters, then min_lr."""
     it = jnp.asarray(it, jnp.float32)

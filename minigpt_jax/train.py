@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import pathlib
 import time
@@ -137,13 +136,13 @@ def _train(
                 resume_step=int(state.step) if resume else None,
                 enabled=is_main,
                 started=started,
+                config=run_files if is_main else None,  # TensorBoard's text, wandb's config
             )
-            writer.write_text("config", json.dumps(run_files if is_main else {}, indent=2), 0)
             timer.seconds["startup"] = time.perf_counter() - startup.STARTED
             loop_started = time.perf_counter()
             trace = StepTrace(t.profile_steps, workdir, writer.log)
             try:
-                with run.activate(), trace:
+                with writer, run.activate(), trace:  # the writer closes last, failed or not
                     results = _loop(
                         state,
                         t=t,
@@ -160,7 +159,6 @@ def _train(
                         timer=timer,
                     )
             finally:
-                writer.close()
                 timer.end_loop(time.perf_counter() - loop_started)
         finally:
             with timer("checkpoint"):  # the save in flight

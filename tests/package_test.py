@@ -60,6 +60,16 @@ def test_only_the_reference_modules_import_torch():
     assert importers == {"torch_ref", "torch_train"}
 
 
+def test_only_the_wandb_sink_imports_wandb():
+    """wandb is an extra: one module imports it, inside a function (only when a run asks)."""
+    importers = {p.stem for p in PACKAGE.glob("*.py") if any(
+        n == "wandb" or n.startswith("wandb.") for n in _imports(p))}  # fmt: skip
+    assert importers == {"wandb_sink"}
+    top_level = {n.names[0].name for n in ast.parse((PACKAGE / "wandb_sink.py").read_text()).body
+                 if isinstance(n, ast.Import)}  # fmt: skip
+    assert "wandb" not in top_level
+
+
 def test_no_module_is_over_300_lines():
     sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
     assert max(sizes.values()) <= 300, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]

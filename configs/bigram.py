@@ -4,8 +4,9 @@ A 65x65 table of next-character logits: the floor any real model must beat.
 
   minigpt train --config configs/bigram.py --workdir runs/bigram
 
-Expected (measured on a 2-core CPU): val loss 2.50 nats on the full val split (3.61 bits/char)
-after 3000 steps of batch 32, in about 5 s. Variant `:smoke` runs 100 steps for tests.
+Measured on a 2-core CPU (experiments/bigram, its run files beside it): full val 2.5027 nats
+(3.611 bits/char) after 3000 steps of batch 32, best val estimate 2.4861 at step 1000; 10.4 s
+from command to exit. Variant `:smoke` runs 100 steps for tests.
 """
 
 from ml_collections import config_dict

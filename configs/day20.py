@@ -8,7 +8,8 @@ over 50 batches; samples at temperature 1.0 top_k 40 and at 0.5 top_k 10 at ever
 
   minigpt train --config configs/day20.py --workdir runs/day20
 
-Fits a 2-core CPU: see experiments/README.md for the measured run and its result.
+Measured on a 2-core CPU (experiments/day20, its run files beside it): val 1.9341, full val
+1.9386 (2.797 bits/char) at step 3000, 9.0 min from command to exit.
 
 Variants: `:smoke` (tiny, for tests).
 """

@@ -8,7 +8,9 @@ pass the text and a data dir of its own, and the first run prepares it (90/10 sp
       --config.data.input=frost.txt --config.data.dir=data/frost
 
 A data dir remembers its text: pointing a prepared dir at another input is refused.
-On Tiny Shakespeare as a stand-in, on a 2-core CPU: see experiments/README.md.
+On Tiny Shakespeare as a stand-in, on a 2-core CPU, shortened to 300 steps (experiments/frost,
+its run files beside it): full val 2.2824 (3.29 bits/char) at step 300, 1.76 s a step, 10.7 min
+in all; the full 5000 steps were not run here.
 
 Variants: `:smoke` (tiny, for tests).
 """
@@ -26,6 +28,9 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.update(batch_size=64, max_iters=5000, eval_interval=500, ckpt_interval=500)
     if arg == "smoke":
         config.smoke(c, sample_tokens=40)
+        # Shallower and narrower than lecture_gpt's smoke, as the full configs are, and with a
+        # longer context than mini_gpt's.
+        c.model.update(block_size=64)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

@@ -34,6 +34,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.update(ckpt_interval=500, log_interval=10)
     if arg == "smoke":
         config.smoke(c, sample_tokens=40)
+        # Deeper, wider and with a longer context than frost's smoke, as the full configs are.
+        c.model.update(n_layer=3, n_head=3, n_embd=48, block_size=64)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'smoke'")
     return c

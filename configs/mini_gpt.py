@@ -6,7 +6,8 @@ bias, no q/k/v bias, N(0, 0.02) init without residual scaling). ~0.2M parameters
 
   minigpt train --config configs/mini_gpt.py --workdir runs/mini_gpt
 
-Fits a 2-core CPU in a few minutes: see experiments/README.md for the measured result.
+Measured on a 2-core CPU (experiments/mini_gpt, its run files beside it): best val 1.8082 at
+step 4900, final full val 1.8095 (2.611 bits/char), 162 s from command to exit.
 
 Variants: `:smoke` (tiny, for tests).
 """

@@ -1,6 +1,7 @@
 """Every config file and variant loads and holds what train.py reads; tpu.py:smoke trains here."""
 
 import importlib.util
+import itertools
 import json
 import math
 import pathlib
@@ -28,6 +29,8 @@ VARIANTS = {
     "frost.py": ("", "smoke"),
     "modern.py": ("", "cpu", "smoke"),
 }
+# The configs that reproduce a source's recipe (the others are launch presets).
+SOURCES = ["mingpt_char.py", "lecture_gpt.py", "day20.py", "mini_gpt.py", "frost.py"]
 # The fields train.py, optimizer.py and sharding.py read from each section.
 FIELDS = {
     "data": ("dir", "input", "val_fraction", "sampling"),
@@ -183,9 +186,7 @@ def test_source_configs_hold_their_sources_numbers():
     assert d.model.bias_mlp and not d.model.bias and d.sample.settings.count("=") == 4
 
 
-@pytest.mark.parametrize(
-    "name", ["mingpt_char.py", "lecture_gpt.py", "day20.py", "mini_gpt.py", "frost.py"]
-)
+@pytest.mark.parametrize("name", SOURCES)
 def test_source_smoke_trains_and_writes_samples(name, corpus, tmp_path, capsys):
     """Each source's :smoke variant through the CLI; data prepared from data.input on first use
     (minGPT's without a val split)."""
@@ -206,6 +207,22 @@ def test_source_smoke_trains_and_writes_samples(name, corpus, tmp_path, capsys):
     assert cfg.sample.prompt in text
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final_train_loss"] == evals[-1]["train_loss"]
+
+
+def test_source_smokes_differ_where_their_full_models_do():
+    """A smoke run stands for its config: sources with different models keep different smoke
+    models, and the lecture's family (lecture_gpt > frost > mini_gpt in depth or width and
+    context) keeps its order."""
+    for a, b in itertools.combinations(SOURCES + ["shakespeare_char.py"], 2):
+        if load(a).get_config().model != load(b).get_config().model:
+            smokes = [load(n).get_config("smoke").model for n in (a, b)]
+            assert smokes[0] != smokes[1], f"{a}:smoke and {b}:smoke train the same model"
+    family = ["lecture_gpt.py", "frost.py", "mini_gpt.py"]
+    for variant in ("", "smoke"):
+        m = [load(n).get_config(variant).model for n in family]
+        for dim in ("n_layer", "n_embd", "block_size"):
+            assert m[0][dim] >= m[1][dim] >= m[2][dim], (variant, dim)
+        assert m[0].n_layer * m[0].n_embd > m[1].n_layer * m[1].n_embd, variant
 
 
 def test_the_modern_experiments_recipe_arm_is_configs_modern_cpu():

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from minigpt_jax import integrity, sharding
-from minigpt_jax.errors import UsageError
+from minigpt_jax.errors import UsageError, one_line
 from minigpt_jax.model import ModelConfig, abstract_params
 
 CKPT_DIR = "checkpoints"
@@ -66,11 +66,6 @@ warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarni
 _unraisable, _excepthook = sys.unraisablehook, sys.excepthook
 sys.unraisablehook = lambda u: None if _orbax_leftover(u.exc_value, u.object) else _unraisable(u)
 sys.excepthook = lambda t, v, tb: None if _orbax_leftover(v) else _excepthook(t, v, tb)
-
-
-def one_line(error: Exception) -> str:
-    """An orbax or tensorstore error as one short line (some span several, with context)."""
-    return " ".join(str(error).split())[:200]
 
 
 class Checkpointer:
@@ -179,7 +174,8 @@ class Checkpointer:
         older steps serve and a later save of the same step number can proceed."""
         src = self.step_dir(step)
         dst = src.with_name(f"{step}{UNREADABLE}-{int(time.time())}")
-        log(f"checkpoint {src} is unreadable or damaged ({one_line(error)}); moved to {dst.name}")
+        reason = one_line(error)[:200]
+        log(f"checkpoint {src} is unreadable or damaged ({reason}); moved to {dst.name}")
         if jax.process_index() == 0:
             os.replace(src, dst)
         if jax.process_count() > 1:
@@ -252,7 +248,7 @@ def load_params(
                 if not gone and set_aside:
                     ckpt.set_aside(step, e, log)
                 elif not gone:
-                    where, why = ckpt.step_dir(step), one_line(e)
+                    where, why = ckpt.step_dir(step), one_line(e)[:200]
                     log(f"checkpoint {where} is unreadable or damaged ({why}); skipped (a live "
                         "run holds the workdir: not moved)")  # fmt: skip
                 skip.add(step)

@@ -14,7 +14,7 @@ import sys
 from absl import flags
 
 from minigpt_jax import cli_flags, config_file, startup
-from minigpt_jax.errors import RunStopped, Terminated, UsageError, one_line
+from minigpt_jax.errors import OutOfStep, RunStopped, Terminated, UsageError, one_line
 
 
 def _need(FLAGS: flags.FlagValues, name: str, example: str) -> str:
@@ -151,7 +151,7 @@ def _compare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import sweep, sweep_report, sweep_spec
+    from minigpt_jax import sweep, sweep_hosts, sweep_report, sweep_spec
 
     argv = argv[1:]  # not the program's name
     root = pathlib.Path(_need(FLAGS, "root", "e.g. --root runs/act"))
@@ -159,14 +159,21 @@ def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     config = _config(FLAGS) if FLAGS.config is not None or old is None else None
     seeds = FLAGS.seeds if FLAGS["seeds"].present else None
     base, arms, seeds = sweep_spec.resolve(config, old, FLAGS.grid, FLAGS.sweep, seeds)
+    hosts = sweep_hosts.of(base, FLAGS.parallel)  # None: one host
+    base = sweep_hosts.without_dist(base)
     manifest = sweep.plan(root, base, arms, seeds, sweep_spec.source(argv), FLAGS.baseline)
-    counts = sweep.sweep(
+    if hosts and hosts.index > 0:  # process 0 writes the manifest and the report
+        print(sweep_hosts.follow(root, manifest, hosts, FLAGS.cpu_devices, FLAGS.retry_failed))
+        return
+    counts, out_of_step = sweep.sweep(
         root, manifest, parallel=FLAGS.parallel, cpu_devices=FLAGS.cpu_devices,
-        retry_failed=FLAGS.retry_failed,
+        retry_failed=FLAGS.retry_failed, child_flags=hosts.flags if hosts else (),
     )  # fmt: skip
     if counts.get("done"):
         print(sweep_report.report(root), end="")
     print(sweep.describe(root, counts))
+    if out_of_step:
+        raise RunStopped(f"{out_of_step}; start the sweep again on every host")
     if counts.get("failed"):
         raise RunStopped(f"{counts['failed']} run(s) failed; their errors are in {root}/report.md")
 
@@ -240,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run, positional = COMMANDS[command]
     args = [f"minigpt {command}", *rest]
+    try:
+        args = cli_flags.train_argv(args) if command == "train" else args
+    except UsageError as e:
+        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
     FLAGS = cli_flags.define(command, args)
     if "--help" in rest or "-h" in rest:
         listing = FLAGS.get_help(include_special_flags=False).splitlines()
@@ -275,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(f"minigpt {command}: stopped: {one_line(e)}", file=sys.stderr)
         return 1
+    except OutOfStep as e:
+        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
+        return OutOfStep.exit_code
     except KeyboardInterrupt:
         print(f"minigpt {command}: interrupted", file=sys.stderr)
         return 130

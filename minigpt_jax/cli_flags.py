@@ -3,6 +3,7 @@ parses and dispatches)."""
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 
 from absl import flags
@@ -10,13 +11,14 @@ from ml_collections import config_flags
 
 from minigpt_jax import config_file
 from minigpt_jax import plan as plan_lib
+from minigpt_jax.errors import UsageError
 
 USAGE = """usage: minigpt COMMAND [--flags]      (minigpt COMMAND --help lists the command's flags)
 
 commands:
   prepare  [--input FILE] --data_dir DIR     text -> train.bin, val.bin, meta.json
   train    --config FILE[:variant] --workdir DIR [--config.a.b=v ...] [--overwrite]
-  train    --workdir DIR          resumes (or starts) a run from the config.json it holds
+  train    --workdir DIR [--config.a.b=v ...]   resumes (or starts) the run its config.json holds
   eval     --workdir DIR [--step best|latest|N] [--data_dir DIR] [--per_token OUT.html]
   sample   --workdir DIR [--step best|latest|N] [--prompt TEXT] [--num_samples N] [--out FILE]
   bench    sample [--config FILE[:variant]] [--lengths 500,2000] [--out FILE] [--vs torch]
@@ -35,6 +37,23 @@ def _config(f: flags.FlagValues, argv: list[str]) -> None:
     # config_flags reads --config.x.y overrides from argv itself (sys.argv unless told).
     config_flags.DEFINE_config_file("config", None, config_file.CONFIG_HELP, f, sys_argv=argv)
     f["config"].parser = config_file.ConfigFileParser()
+
+
+def train_argv(args: list[str]) -> list[str]:
+    """`train --workdir W --config.a.b=v` with no --config: the overrides apply to the run's own
+    W/config.json (a resume that changes what a resume may; a sweep run's host settings)."""
+    if any(a == "--config" or a.startswith("--config=") for a in args):
+        return args
+    if not any(a.startswith("--config.") for a in args):
+        return args
+    named = [b for a, b in zip(args, [*args[1:], ""]) if a == "--workdir"]
+    named += [a.removeprefix("--workdir=") for a in args if a.startswith("--workdir=")]
+    saved = pathlib.Path(named[-1]) / "config.json" if named and named[-1] else None
+    if saved is None or not saved.is_file():
+        raise UsageError(
+            "--config.* overrides need a --config, or a --workdir whose config.json they change"
+        )
+    return [args[0], f"--config={saved}", *args[1:]]
 
 
 def _cpu_devices(f: flags.FlagValues, default: str | None = None) -> None:

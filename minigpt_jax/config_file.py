@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import os
+import pathlib
 import sys
 from typing import Any
 
@@ -26,6 +28,8 @@ def load_config_file(path: str) -> config_dict.ConfigDict:
     if not os.path.isfile(file):
         what = " is a directory, not a config file" if os.path.isdir(file) else ": No such file"
         raise UsageError(f"--config {file}{what}; {CONFIG_EXAMPLE}")
+    if file.endswith(".json") and not arg:  # a run's config.json: `train --workdir W --config.x`
+        return _saved(file)
     # A fresh module per load: ml_collections' load_module reused the module of an earlier
     # --config in the same process, so a file without get_config ran the earlier file's.
     name = "config_config"  # ml_collections' name for it
@@ -64,6 +68,18 @@ def load_config_file(path: str) -> config_dict.ConfigDict:
             "minigpt_jax.config.base_config() as configs/*.py do"
         )
     config.lock()  # as ml_collections locks it: an override must name an existing field
+    return config
+
+
+def _saved(file: str) -> config_dict.ConfigDict:
+    try:
+        saved = json.loads(pathlib.Path(file).read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--config {file}: not a readable config.json ({one_line(e)})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise UsageError(f"--config {file} is not a run's config.json (no model section)")
+    config = config_lib.from_saved(saved)
+    config.lock()
     return config
 
 

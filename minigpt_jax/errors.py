@@ -15,6 +15,13 @@ class RunStopped(Exception):
     """A run that cannot go on (a non-finite loss, say): one line, exit code 1, nothing lost."""
 
 
+class OutOfStep(Exception):
+    """The processes of one multi-host run were started on different runs (hosts whose sweeps
+    fell out of step): one line, exit code 3, nothing written."""
+
+    exit_code = 3
+
+
 class Terminated(BaseException):
     """SIGTERM before a run started (nothing written): one line, exit code 143 (128 + SIGTERM,
     as Ctrl-C's KeyboardInterrupt gives 130). A BaseException, like KeyboardInterrupt, so that

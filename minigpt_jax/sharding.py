@@ -5,7 +5,8 @@ One code path: data parallel, FSDP and tensor parallel are mesh shapes; one devi
 
 from __future__ import annotations
 
-import os
+import hashlib
+import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from minigpt_jax.errors import UsageError
+from minigpt_jax import startup
+from minigpt_jax.errors import OutOfStep, UsageError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -115,17 +117,6 @@ def sharded_abstract(abstract_tree: Any, mesh: Mesh) -> Any:
     )
 
 
-# Environment variables that mean "this process is one of a cluster" (Cloud TPU, SLURM, or a
-# coordinator given by hand); jax.distributed.initialize() then finds its peers by itself.
-_CLUSTER_ENV = (
-    "JAX_COORDINATOR_ADDRESS",
-    "TPU_WORKER_HOSTNAMES",
-    "MEGASCALE_COORDINATOR_ADDRESS",
-    "SLURM_JOB_ID",
-    "OMPI_COMM_WORLD_SIZE",
-)
-
-
 def initialize_distributed(dist_cfg: Any) -> None:
     """Joins the processes of a multi-host run; a no-op on one host.
 
@@ -144,14 +135,32 @@ def initialize_distributed(dist_cfg: Any) -> None:
         jax.distributed.initialize(
             dist_cfg.coordinator, dist_cfg.num_processes, dist_cfg.process_id
         )
-    elif dist_cfg.auto or any(name in os.environ for name in _CLUSTER_ENV):
+    elif dist_cfg.auto or startup.in_cluster():
         try:
             jax.distributed.initialize()
         except ValueError as e:  # JAX found no cluster ("coordinator_address should be defined")
-            if any(name in os.environ for name in _CLUSTER_ENV):
+            if startup.in_cluster():
                 raise
             # configs/tpu.py sets dist.auto for TPU slices; a lone GPU machine must turn it off.
             raise UsageError(
                 f"dist.auto is on but JAX found no cluster to join ({e}); on one machine pass "
                 "--config.dist.auto=false"
             ) from None
+
+
+def check_same_run(workdir: str | pathlib.Path) -> None:
+    """Every process of a multi-host run must name the same workdir: processes started on
+    different runs (a host that skipped a sweep's run another host started) would otherwise
+    train one job from two configs, silently. One small all-gather at the start."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256(str(workdir).encode()).digest()[:4]
+    mine = np.frombuffer(digest, np.int32)
+    everyone = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+    if (everyone != everyone[0]).any():
+        raise OutOfStep(
+            f"the {jax.process_count()} processes of this run name different workdirs (this is "
+            f"process {jax.process_index()}, on {workdir}); every host must run the same command"
+        )

@@ -24,6 +24,20 @@ SWEEP_PARENT = "MINIGPT_SWEEP_PARENT"  # the sweep's pid
 SWEEP_CORES = "MINIGPT_SWEEP_CORES"  # the cores this run may use, e.g. "0,1"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a process gets when its parent dies
 
+# Environment variables that mean "this process is one of a cluster" (Cloud TPU, SLURM, MPI, or
+# a coordinator given by hand); jax.distributed.initialize() then finds its peers by itself.
+CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "OMPI_COMM_WORLD_SIZE",
+)
+
+
+def in_cluster() -> bool:
+    return any(name in os.environ for name in CLUSTER_ENV)
+
 
 def join_sweep() -> None:
     """A run started by `minigpt sweep` takes its share of the cores, and asks the kernel for a

@@ -27,7 +27,7 @@ from minigpt_jax import config as config_lib
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import sweep_spec
 from minigpt_jax import workdir as workdir_lib
-from minigpt_jax.errors import UsageError
+from minigpt_jax.errors import OutOfStep, UsageError
 from minigpt_jax.files import atomic_write_bytes, make_dir
 from minigpt_jax.summary import SUMMARY_FILE
 from minigpt_jax.sweep_slots import Slot, slots
@@ -131,10 +131,15 @@ class Launcher:
     true after every change of state. SIGINT/SIGTERM: each child gets one SIGTERM (it saves a
     checkpoint and exits); a second signal is passed on as SIGINT (the children stop at once)."""
 
-    def __init__(self, root: pathlib.Path, manifest: dict, log: Callable[[str], None]):
+    def __init__(
+        self, root: pathlib.Path, manifest: dict, log: Callable[[str], None],
+        child_flags: tuple[str, ...] = (), log_name: str = LOG_FILE,
+    ):  # fmt: skip
         self.root, self.manifest, self.log = root, manifest, log
+        self.child_flags, self.log_name = child_flags, log_name  # a multi-host sweep's
         self.active: dict[str, tuple[subprocess.Popen, Slot]] = {}
         self.signals: list[int] = []
+        self.out_of_step: str | None = None  # a multi-host run's hosts started different runs
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
@@ -155,8 +160,8 @@ class Launcher:
                 todo.append(rid)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while (todo and not self.signals) or self.active:
-                while todo and free and not self.signals:
+            while (todo and not self.signals and not self.out_of_step) or self.active:
+                while todo and free and not self.signals and not self.out_of_step:
                     self._start(todo.pop(0), free.pop(0), cpu_devices)
                 for rid, (proc, slot) in list(self.active.items()):
                     if proc.poll() is not None:
@@ -193,10 +198,8 @@ class Launcher:
         waited = time.monotonic()
         while lock_lib.in_use(workdir) and time.monotonic() - waited < LOCK_WAIT_S:
             time.sleep(0.5)  # a run orphaned by a killed sweep, saving its checkpoint
-        command = [sys.executable, "-m", "minigpt_jax.cli", "train", "--workdir", str(workdir)]
-        if cpu_devices:
-            command += ["--cpu_devices", str(cpu_devices)]
-        with open(workdir / LOG_FILE, "ab") as out:
+        command = child_command(workdir, cpu_devices, self.child_flags)
+        with open(workdir / self.log_name, "ab") as out:
             proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=slot.env(),
                 start_new_session=True,  # a terminal's Ctrl-C reaches the sweep only, once
@@ -208,7 +211,7 @@ class Launcher:
         record["attempts"] = record.get("attempts", 0) + 1
         write_manifest(self.root, self.manifest)
         done = sum(r["state"] == "done" for r in self.manifest["runs"].values())
-        self.log(f"[{done}/{len(self.manifest['runs'])} done] {rid}: started (log {LOG_FILE})")
+        self.log(f"[{done}/{len(self.manifest['runs'])} done] {rid}: started (log {self.log_name})")
 
     def _finish(self, rid: str, returncode: int) -> None:
         record = self.manifest["runs"][rid]
@@ -219,16 +222,30 @@ class Launcher:
         if returncode == 0 and summary:
             full = summary.get("final_val_loss_full")
             record.update(state="done", message=f"full val {full:.4f}" if full else "done")
+        elif returncode == OutOfStep.exit_code:  # not the run's fault: it runs again next time
+            self.out_of_step = last_line(workdir / self.log_name)
+            record.update(state="stopped", message=self.out_of_step)
         elif self.signals:  # its own last line says where it stopped, if it got to say it
-            said = _last_line(workdir / LOG_FILE) if returncode == 0 else f"exit {returncode}"
+            said = last_line(workdir / self.log_name) if returncode == 0 else f"exit {returncode}"
             record.update(state="stopped", message=said)
         else:
-            record.update(state="failed", message=_last_line(workdir / LOG_FILE))
+            record.update(state="failed", message=last_line(workdir / self.log_name))
         write_manifest(self.root, self.manifest)
         self.log(f"{rid}: {record['state']}: {record['message']}")
 
 
-def _last_line(path: pathlib.Path) -> str:
+def child_command(
+    workdir: pathlib.Path, cpu_devices: str | None, child_flags: tuple[str, ...] = ()
+) -> list[str]:
+    """A run's `minigpt train --workdir W` (its config is W/config.json), plus a multi-host
+    sweep's --config.dist.* flags, which apply to that config."""
+    command = [sys.executable, "-m", "minigpt_jax.cli", "train", "--workdir", str(workdir)]
+    if cpu_devices:
+        command += ["--cpu_devices", str(cpu_devices)]
+    return [*command, *child_flags]
+
+
+def last_line(path: pathlib.Path) -> str:
     """The child's one-line error: the last non-empty line of its log."""
     try:
         lines = path.read_bytes().decode("utf-8", "replace").splitlines()
@@ -253,9 +270,11 @@ def sweep(
     cpu_devices: str | None = None,
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
-) -> dict[str, int]:
+    child_flags: tuple[str, ...] = (),
+    log_name: str = LOG_FILE,
+) -> tuple[dict[str, int], str | None]:
     """Runs the manifest's runs under root (locked against a second sweep); returns the count
-    of runs per state."""
+    of runs per state, and why it stopped early if its hosts fell out of step."""
     root = pathlib.Path(root)
     free = slots(parallel)  # checked before anything is written
     make_dir(root, "--root")
@@ -264,4 +283,5 @@ def sweep(
             if record["state"] == "running":  # its sweep was killed: it resumes
                 record["state"] = "stopped"
         write_manifest(root, manifest)
-        return Launcher(root, manifest, log).run(free, cpu_devices, retry_failed)
+        launcher = Launcher(root, manifest, log, child_flags, log_name)
+        return launcher.run(free, cpu_devices, retry_failed), launcher.out_of_step

@@ -191,8 +191,6 @@ def resolve(
         if manifest is None:
             raise UsageError("--config is required for a new sweep, e.g. --config configs/x.py:cpu")
         config = config_lib.from_saved(manifest["base_config"])
-    if config.dist.num_processes > 1 or config.dist.auto:
-        raise UsageError("sweep: multi-host runs are not supported by `minigpt sweep` yet")
     if grid and sweep_file:
         raise UsageError("pass --grid or --sweep, not both (a sweep file can express any grid)")
     if grid:

@@ -41,6 +41,7 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     config_lib.validate(cfg)  # config errors first, before reading data
     sharding.initialize_distributed(cfg.dist)  # before anything touches a device
+    sharding.check_same_run(workdir)
     # From here a SIGTERM never kills the run silently: until the workdir is locked it raises
     # Terminated (nothing written yet), then it asks for a stop that saves and unlocks.
     stop = StopRequest(armed=False)

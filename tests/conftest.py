@@ -31,6 +31,27 @@ def xla_flags(devices: int | None = None) -> str:
     return TEST_XLA_FLAGS + count
 
 
+TINY_CONFIG_FILE = """
+from minigpt_jax import config
+
+def get_config(arg=""):
+    c = config.base_config()
+    c.model.update(block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    c.opt.update(schedule="constant", lr=1e-2)
+    c.train.update(batch_size=4, eval_iters=2, **{train!r})
+    c.sample.max_new_tokens = 0
+    c.data.dir = {data!r}
+    return c
+"""
+
+
+def write_tiny_config(path: pathlib.Path, data_dir: pathlib.Path, **train) -> pathlib.Path:
+    """A config file of tiny_config's model on data_dir, with these train fields, no samples:
+    for the tests that start `minigpt` processes (a sweep's runs read their config from a file)."""
+    path.write_text(TINY_CONFIG_FILE.format(data=str(data_dir), train=train))
+    return path
+
+
 # The modern model switches, each as the ModelConfig fields that turn it on (tiny values).
 SWITCHES = {
     "rotary": {"pos_emb": "rotary"},

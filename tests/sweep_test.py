@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, write_tiny_config
 
 from minigpt_jax import cli, config, config_file, metrics, sweep, sweep_slots, sweep_spec
 from minigpt_jax.errors import UsageError
@@ -127,19 +127,6 @@ def test_a_changed_grid_on_an_existing_root_is_one_line(tmp_path, capsys):
 
 # --- sweeps run end to end: tiny runs (2/2/16, block 8) in child processes ---
 
-CONFIG = """
-from minigpt_jax import config
-
-def get_config(arg=""):
-    c = config.base_config()
-    c.model.update(block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
-    c.opt.update(schedule="constant", lr=1e-2)
-    c.train.update(batch_size=4, max_iters=300, eval_interval=150, ckpt_interval=50,
-                   eval_iters=2, log_interval=10)
-    c.sample.max_new_tokens = 0
-    c.data.dir = {data!r}
-    return c
-"""
 SWEEP = """
 def get_sweep():
     return [{"name": "gelu"}, {"name": "relu", "model.activation": "relu"},
@@ -150,7 +137,8 @@ def get_sweep():
 @pytest.fixture(scope="module")
 def files(tiny_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep_files")
-    (d / "tiny.py").write_text(CONFIG.format(data=str(tiny_data)))
+    write_tiny_config(d / "tiny.py", tiny_data, max_iters=300, eval_interval=150,
+                      ckpt_interval=50, log_interval=10)  # fmt: skip
     (d / "sweep.py").write_text(SWEEP)
     return d
 

@@ -11,7 +11,7 @@ import sys
 
 import tpu_doc
 
-from minigpt_jax import cli, data, files, sharding
+from minigpt_jax import cli, data, files, startup
 
 DOC = tpu_doc.DOC.read_text()
 # A model and a run small enough for this CPU, appended to a command of the page.
@@ -48,13 +48,13 @@ def test_the_checker_finds_a_misspelt_flag_or_field(monkeypatch):
 
 def test_the_cluster_variables_the_page_lists_are_the_codes():
     sentence = re.search(r"environment variables is set\*\*:(.*?)\.", DOC, re.S).group(1)
-    assert tuple(re.findall(r"`([A-Z_]+)`", sentence)) == sharding._CLUSTER_ENV
+    assert tuple(re.findall(r"`([A-Z_]+)`", sentence)) == startup.CLUSTER_ENV
 
 
 def test_the_one_gpu_machine_command_trains_and_without_auto_off_says_why(
     corpus, tmp_path, capsys, monkeypatch
 ):
-    for name in sharding._CLUSTER_ENV:  # this machine is no cluster's member
+    for name in startup.CLUSTER_ENV:  # this machine is no cluster's member
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tpu_doc.ROOT)
     section = tpu_doc.sections(DOC)["7. GPU machines and clusters"]
@@ -70,7 +70,7 @@ def test_the_one_gpu_machine_command_trains_and_without_auto_off_says_why(
     # process: jax.distributed must start before anything touches a device).
     without = tpu_doc.with_flag(args, "--workdir", str(tmp_path / "b"))
     without.remove("--config.dist.auto=false")
-    env = {k: v for k, v in os.environ.items() if k not in sharding._CLUSTER_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in startup.CLUSTER_ENV}
     proc = subprocess.run(
         [sys.executable, "-m", "minigpt_jax.cli", *without], capture_output=True, text=True,
         timeout=300, env={**env, "PYTHONPATH": str(tpu_doc.ROOT)},

@@ -201,22 +201,42 @@ def _evals(workdir):
     return [{k: r[k] for k in keep} for r in metrics.read_metrics(workdir) if r["kind"] == "eval"]
 
 
-def test_a_sigkilled_sweep_started_again_ends_as_one_uninterrupted(finished, files, tmp_path):
-    """Kill -9 the sweep while its second run trains: the orphaned run saves and stops, and
-    the same command resumes it; every run's evals equal those of the finished sweep."""
+def _start_and_signal(command, victim, after_step, signum):
+    """Starts the sweep, and sends signum once victim logs a train step past after_step."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(
+        r["kind"] == "train" and r["step"] > after_step for r in metrics.read_metrics(victim)
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    return proc.wait()
+
+
+def test_a_stopped_then_sigkilled_sweep_started_again_ends_as_one_uninterrupted(
+    finished, files, tmp_path
+):
+    """SIGTERM the sweep while its second run trains: the run saves and the manifest says
+    stopped. Start it again and kill -9 it in the same run: the orphaned run saves and stops.
+    The same command then resumes it; every run's evals equal those of the finished sweep."""
     root = tmp_path / "root"
     command = [sys.executable, "-m", "minigpt_jax.cli", "sweep", "--config",
                str(files / "tiny.py"), "--root", str(root), "--grid",
                "model.activation=gelu,relu", "--seeds", "1",
                "--cpu_devices", "1"]  # as the finished sweep: the same sums  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = root / "activation=relu/seed_0"
-    deadline = time.monotonic() + 120
-    while not any(r["kind"] == "train" for r in metrics.read_metrics(victim)):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert _start_and_signal(command, victim, 0, signal.SIGTERM) == 0
+    record = _runs(root)["activation=relu/seed_0"]
+    stopped_at = json.loads((victim / "summary.json").read_text())["checkpoint_step"]
+    assert (
+        record["state"] == "stopped"
+        and stopped_at
+        and (victim / f"checkpoints/{stopped_at}").is_dir()
+    )
+    assert f"stopped by SIGTERM at step {stopped_at} with a checkpoint" in record["message"]
+    assert _runs(root)["activation=gelu/seed_0"]["state"] == "done"
+    _start_and_signal(command, victim, stopped_at, signal.SIGKILL)
     assert _runs(root)["activation=relu/seed_0"]["state"] == "running"  # as the kill left it
     assert not sweep.finished(victim)
     assert cli.main(["minigpt", "sweep", "--root", str(root)]) == 0

@@ -3,7 +3,7 @@ sweep | plan.
 
 Thin: each command parses its own flags and makes one library call; the library raises typed
 errors (errors.py) and main() maps them to exit codes: 2 bad input, 1 a stopped run, 130 Ctrl-C,
-143 a SIGTERM before the run started.
+143 a SIGTERM before the run started, 3 a multi-host run whose processes name different runs.
 """
 
 from __future__ import annotations
@@ -48,15 +48,11 @@ def _prepare(FLAGS: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _train(FLAGS: flags.FlagValues, argv: list[str]) -> None:
-    from minigpt_jax import clock, header, invocation, metrics, train, workdir
-    from minigpt_jax import config as config_lib
+    from minigpt_jax import clock, header, invocation, metrics, train
 
     program, argv = argv[0], argv[1:]  # argv[0]: how the user started us, for the resume hint
     run_dir = _need(FLAGS, "workdir", "e.g. --workdir runs/cpu")
-    if FLAGS.config is None and (pathlib.Path(run_dir) / workdir.CONFIG_FILE).is_file():
-        config = config_lib.from_saved(workdir.read_config(run_dir))  # the run's own config
-    else:
-        config = _config(FLAGS)
+    config = _config(FLAGS)  # --config, or the run's own config.json (cli_flags.train_argv)
     results = train.train_and_evaluate(
         config, run_dir, overwrite=FLAGS.overwrite, source=header.source_of(argv)
     )
@@ -165,15 +161,13 @@ def _sweep(FLAGS: flags.FlagValues, argv: list[str]) -> None:
     if hosts and hosts.index > 0:  # process 0 writes the manifest and the report
         print(sweep_hosts.follow(root, manifest, hosts, FLAGS.cpu_devices, FLAGS.retry_failed))
         return
-    counts, out_of_step = sweep.sweep(
+    counts = sweep.sweep(
         root, manifest, parallel=FLAGS.parallel, cpu_devices=FLAGS.cpu_devices,
         retry_failed=FLAGS.retry_failed, child_flags=hosts.flags if hosts else (),
     )  # fmt: skip
     if counts.get("done"):
         print(sweep_report.report(root), end="")
     print(sweep.describe(root, counts))
-    if out_of_step:
-        raise RunStopped(f"{out_of_step}; start the sweep again on every host")
     if counts.get("failed"):
         raise RunStopped(f"{counts['failed']} run(s) failed; their errors are in {root}/report.md")
 
@@ -225,6 +219,11 @@ JAX_FREE = (
 BENCHMARKS = ("sample", "train")  # `minigpt bench WHAT`
 
 
+def _error(command: str, e: BaseException, code: int = 2) -> int:
+    print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     startup.join_sweep()  # a run started by `minigpt sweep`: its cores, and a stop if it dies
@@ -250,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = cli_flags.train_argv(args) if command == "train" else args
     except UsageError as e:
-        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(command, e)
     FLAGS = cli_flags.define(command, args)
     if "--help" in rest or "-h" in rest:
         listing = FLAGS.get_help(include_special_flags=False).splitlines()
@@ -265,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"unexpected argument {extra[positional]!r}; flags take the form --name value"
             )
     except (flags.Error, UsageError) as e:  # UsageError: an override of an unloadable --config
-        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(command, e)
     except (AttributeError, KeyError) as e:  # a --config.x.y override naming no field
         inner = e.args[0] if e.args else e
         inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else inner
@@ -282,14 +279,12 @@ def main(argv: list[str] | None = None) -> int:
             startup.compilation_cache()
         run(FLAGS, argv if command in ("train", "sweep") else extra)
     except UsageError as e:
-        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(command, e)
     except RunStopped as e:
         print(f"minigpt {command}: stopped: {one_line(e)}", file=sys.stderr)
         return 1
     except OutOfStep as e:
-        print(f"minigpt {command}: error: {one_line(e)}", file=sys.stderr)
-        return OutOfStep.exit_code
+        return _error(command, e, OutOfStep.exit_code)
     except KeyboardInterrupt:
         print(f"minigpt {command}: interrupted", file=sys.stderr)
         return 130

@@ -40,20 +40,20 @@ def _config(f: flags.FlagValues, argv: list[str]) -> None:
 
 
 def train_argv(args: list[str]) -> list[str]:
-    """`train --workdir W --config.a.b=v` with no --config: the overrides apply to the run's own
-    W/config.json (a resume that changes what a resume may; a sweep run's host settings)."""
+    """`train --workdir W` with no --config trains W's own config.json, and --config.a.b=v
+    overrides change it (what a resume may change; a sweep run's host settings)."""
     if any(a == "--config" or a.startswith("--config=") for a in args):
-        return args
-    if not any(a.startswith("--config.") for a in args):
         return args
     named = [b for a, b in zip(args, [*args[1:], ""]) if a == "--workdir"]
     named += [a.removeprefix("--workdir=") for a in args if a.startswith("--workdir=")]
     saved = pathlib.Path(named[-1]) / "config.json" if named and named[-1] else None
-    if saved is None or not saved.is_file():
+    if saved is not None and saved.is_file():
+        return [args[0], f"--config={saved}", *args[1:]]
+    if any(a.startswith("--config.") for a in args):
         raise UsageError(
             "--config.* overrides need a --config, or a --workdir whose config.json they change"
         )
-    return [args[0], f"--config={saved}", *args[1:]]
+    return args
 
 
 def _cpu_devices(f: flags.FlagValues, default: str | None = None) -> None:

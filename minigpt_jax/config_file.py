@@ -72,12 +72,13 @@ def load_config_file(path: str) -> config_dict.ConfigDict:
 
 
 def _saved(file: str) -> config_dict.ConfigDict:
+    """A run's config.json (workdir.read_config's checks, without starting jax)."""
     try:
-        saved = json.loads(pathlib.Path(file).read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--config {file}: not a readable config.json ({one_line(e)})") from None
+        saved = json.loads(pathlib.Path(file).read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise UsageError(f"{file} is an unreadable run file ({one_line(e)}); restore it") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        raise UsageError(f"--config {file} is not a run's config.json (no model section)")
+        raise UsageError(f"{file} is not a run's config (no model section)")
     config = config_lib.from_saved(saved)
     config.lock()
     return config

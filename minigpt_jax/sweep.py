@@ -27,7 +27,7 @@ from minigpt_jax import config as config_lib
 from minigpt_jax import lock as lock_lib
 from minigpt_jax import sweep_spec
 from minigpt_jax import workdir as workdir_lib
-from minigpt_jax.errors import OutOfStep, UsageError
+from minigpt_jax.errors import OutOfStep, RunStopped, UsageError
 from minigpt_jax.files import atomic_write_bytes, make_dir
 from minigpt_jax.summary import SUMMARY_FILE
 from minigpt_jax.sweep_slots import Slot, slots
@@ -272,9 +272,9 @@ def sweep(
     log: Callable[[str], None] = print,
     child_flags: tuple[str, ...] = (),
     log_name: str = LOG_FILE,
-) -> tuple[dict[str, int], str | None]:
+) -> dict[str, int]:
     """Runs the manifest's runs under root (locked against a second sweep); returns the count
-    of runs per state, and why it stopped early if its hosts fell out of step."""
+    of runs per state. RunStopped if a multi-host run's hosts fell out of step."""
     root = pathlib.Path(root)
     free = slots(parallel)  # checked before anything is written
     make_dir(root, "--root")
@@ -284,4 +284,7 @@ def sweep(
                 record["state"] = "stopped"
         write_manifest(root, manifest)
         launcher = Launcher(root, manifest, log, child_flags, log_name)
-        return launcher.run(free, cpu_devices, retry_failed), launcher.out_of_step
+        counts = launcher.run(free, cpu_devices, retry_failed)
+    if launcher.out_of_step:  # the manifest says stopped: the next start runs it again
+        raise RunStopped(f"{launcher.out_of_step}; start the sweep again on every host")
+    return counts

@@ -257,6 +257,15 @@ def validate(c: Any) -> None:
     optimizer.check_config(o)
     model_config(c, c.model.vocab_size or 1)
     sample_settings(c.sample.settings)
+    check_dist(c.dist)
+
+
+def check_dist(d: Any) -> None:
+    """A cluster named by hand: this process's id must be one of its processes."""
+    if d.coordinator and not 0 <= d.process_id < d.num_processes:
+        raise UsageError(
+            f"dist.process_id={d.process_id} must be in [0, dist.num_processes={d.num_processes})"
+        )
 
 
 def sample_settings(settings: str) -> list[tuple[str, dict[str, Any]]]:

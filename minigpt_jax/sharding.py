@@ -126,12 +126,7 @@ def initialize_distributed(dist_cfg: Any) -> None:
     """
     if jax.distributed.is_initialized():
         return
-    if dist_cfg.coordinator:
-        if not 0 <= dist_cfg.process_id < dist_cfg.num_processes:
-            raise UsageError(
-                f"dist.process_id={dist_cfg.process_id} must be in [0, dist.num_processes="
-                f"{dist_cfg.num_processes})"
-            )
+    if dist_cfg.coordinator:  # its process_id checked by config.validate
         jax.distributed.initialize(
             dist_cfg.coordinator, dist_cfg.num_processes, dist_cfg.process_id
         )

@@ -133,10 +133,10 @@ class Launcher:
 
     def __init__(
         self, root: pathlib.Path, manifest: dict, log: Callable[[str], None],
-        child_flags: tuple[str, ...] = (), log_name: str = LOG_FILE,
+        child_flags: tuple[str, ...] = (),
     ):  # fmt: skip
         self.root, self.manifest, self.log = root, manifest, log
-        self.child_flags, self.log_name = child_flags, log_name  # a multi-host sweep's
+        self.child_flags = child_flags  # a multi-host sweep's --config.dist.* flags
         self.active: dict[str, tuple[subprocess.Popen, Slot]] = {}
         self.signals: list[int] = []
         self.out_of_step: str | None = None  # a multi-host run's hosts started different runs
@@ -199,7 +199,7 @@ class Launcher:
         while lock_lib.in_use(workdir) and time.monotonic() - waited < LOCK_WAIT_S:
             time.sleep(0.5)  # a run orphaned by a killed sweep, saving its checkpoint
         command = child_command(workdir, cpu_devices, self.child_flags)
-        with open(workdir / self.log_name, "ab") as out:
+        with open(workdir / LOG_FILE, "ab") as out:
             proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=slot.env(),
                 start_new_session=True,  # a terminal's Ctrl-C reaches the sweep only, once
@@ -211,7 +211,7 @@ class Launcher:
         record["attempts"] = record.get("attempts", 0) + 1
         write_manifest(self.root, self.manifest)
         done = sum(r["state"] == "done" for r in self.manifest["runs"].values())
-        self.log(f"[{done}/{len(self.manifest['runs'])} done] {rid}: started (log {self.log_name})")
+        self.log(f"[{done}/{len(self.manifest['runs'])} done] {rid}: started (log {LOG_FILE})")
 
     def _finish(self, rid: str, returncode: int) -> None:
         record = self.manifest["runs"][rid]
@@ -223,13 +223,13 @@ class Launcher:
             full = summary.get("final_val_loss_full")
             record.update(state="done", message=f"full val {full:.4f}" if full else "done")
         elif returncode == OutOfStep.exit_code:  # not the run's fault: it runs again next time
-            self.out_of_step = last_line(workdir / self.log_name)
+            self.out_of_step = last_line(workdir / LOG_FILE)
             record.update(state="stopped", message=self.out_of_step)
         elif self.signals:  # its own last line says where it stopped, if it got to say it
-            said = last_line(workdir / self.log_name) if returncode == 0 else f"exit {returncode}"
+            said = last_line(workdir / LOG_FILE) if returncode == 0 else f"exit {returncode}"
             record.update(state="stopped", message=said)
         else:
-            record.update(state="failed", message=last_line(workdir / self.log_name))
+            record.update(state="failed", message=last_line(workdir / LOG_FILE))
         write_manifest(self.root, self.manifest)
         self.log(f"{rid}: {record['state']}: {record['message']}")
 
@@ -271,7 +271,6 @@ def sweep(
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
     child_flags: tuple[str, ...] = (),
-    log_name: str = LOG_FILE,
 ) -> dict[str, int]:
     """Runs the manifest's runs under root (locked against a second sweep); returns the count
     of runs per state. RunStopped if a multi-host run's hosts fell out of step."""
@@ -283,7 +282,7 @@ def sweep(
             if record["state"] == "running":  # its sweep was killed: it resumes
                 record["state"] = "stopped"
         write_manifest(root, manifest)
-        launcher = Launcher(root, manifest, log, child_flags, log_name)
+        launcher = Launcher(root, manifest, log, child_flags)
         counts = launcher.run(free, cpu_devices, retry_failed)
     if launcher.out_of_step:  # the manifest says stopped: the next start runs it again
         raise RunStopped(f"{launcher.out_of_step}; start the sweep again on every host")

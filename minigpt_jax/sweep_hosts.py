@@ -26,6 +26,7 @@ from typing import Any
 
 from ml_collections import config_dict
 
+from minigpt_jax import config as config_lib
 from minigpt_jax import startup, sweep
 from minigpt_jax.errors import OutOfStep, RunStopped, UsageError, one_line
 from minigpt_jax.sweep_slots import Slot
@@ -54,11 +55,7 @@ def of(config: config_dict.ConfigDict, parallel: int) -> Hosts | None:
     that joins the cluster once (this process never starts jax)."""
     dist = config.dist
     if dist.coordinator:
-        if not 0 <= dist.process_id < dist.num_processes:
-            raise UsageError(
-                f"dist.process_id={dist.process_id} must be in [0, dist.num_processes="
-                f"{dist.num_processes})"
-            )
+        config_lib.check_dist(dist)
         flags = tuple(
             f"--config.dist.{k}={dist[k]}" for k in ("coordinator", "num_processes", "process_id")
         )
@@ -176,7 +173,6 @@ def follow(
 if __name__ == "__main__":  # the probe: this host's place among the cluster's processes
     import jax
 
-    from minigpt_jax import config as config_lib
     from minigpt_jax import sharding
 
     dist = config_lib.base_config().dist

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import socket
 import tempfile
 
 # Tests compile hundreds of tiny programs and run each for milliseconds: LLVM at -O0 compiles
@@ -23,6 +24,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = os.environ.setdefault("MINIGPT_CACHE", os.path.join(tempfile.gettempdir(), "minigpt_xla"))
 jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 no one listens on now: a test's jax.distributed coordinator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def xla_flags(devices: int | None = None) -> str:

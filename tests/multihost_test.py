@@ -5,14 +5,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import tpu_doc
-from conftest import ROOT, xla_flags
+from conftest import ROOT, free_port, xla_flags
 
 from minigpt_jax import data, files
 
@@ -37,12 +36,6 @@ def data_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     data.prepare(files.read_text(corpus), out, block_size=32)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _args(workdir, data_dir, dist: list[str], *extra):
@@ -87,7 +80,7 @@ def _doc_dist_flags(port: int, process_id: int) -> list[str]:
 
 
 def _two_processes(workdir, data_dir, *extra):
-    port = _free_port()
+    port = free_port()
     return [
         subprocess.Popen(
             _args(workdir, data_dir, _doc_dist_flags(port, i), *extra),

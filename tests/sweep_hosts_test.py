@@ -3,12 +3,11 @@ over both; and a multi-host run whose processes name different runs stops in one
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, write_tiny_config, xla_flags
+from conftest import ROOT, free_port, write_tiny_config, xla_flags
 
 from minigpt_jax import cli, config, sweep, sweep_hosts
 from minigpt_jax.errors import UsageError
@@ -17,12 +16,6 @@ SWEEP = """
 def get_sweep():
     return [{"name": "relu", "model.activation": "relu"}, {"name": "broken", "opt.lr": 1e30}]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +43,7 @@ def test_a_sweep_on_two_hosts_runs_each_run_as_one_job_over_both(files, tmp_path
     argv = [sys.executable, "-m", "minigpt_jax.cli", "sweep", "--config", str(files / "tiny.py"),
             "--config.dist.auto=true", "--root", str(root), "--sweep", str(files / "sweep.py"),
             "--seeds", "1"]  # fmt: skip
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             argv,
@@ -83,7 +76,7 @@ def test_a_sweep_on_two_hosts_runs_each_run_as_one_job_over_both(files, tmp_path
 
 
 def test_processes_of_one_run_on_different_workdirs_stop_in_one_line(files, tmp_path):
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [
